@@ -9,6 +9,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 enum { AP_EXIT_OK = 0, AP_EXIT_REFUSED = 1, AP_EXIT_USAGE = 2 };
 
@@ -30,5 +31,8 @@ int ap_cli_ncpus(void);
  */
 void ap_cli_parallel(size_t n, int jobs, const char *label, void (*fn)(size_t i, void *ctx),
                      void *ctx);
+
+/* Write s as a JSON string literal (quoted, escaped). */
+void ap_cli_json_str(FILE *f, const char *s);
 
 #endif

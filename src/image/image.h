@@ -81,7 +81,7 @@ struct ap__dec {
 
 /*
  * Check d->hdr against the limits and record it. Must be called once, before any allocation
- * sized by the image. On success sets *need_w/*need_h (stored orientation) to the smallest
+ * sized by the image. On success sets *need_w and *need_h (stored orientation) to the smallest
  * decoded size the pipeline can use without losing output quality; decoders that cannot shrink
  * on load ignore them. Fails with AP_ETOOLARGE / AP_ETOOSMALL / AP_EDECODE (zero size).
  */

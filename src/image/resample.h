@@ -19,11 +19,16 @@
 
 #include "image/image.h"
 
-/* Weights for one axis: out_len outputs, each reading taps inputs from start[i]. */
+/*
+ * Weights for one axis: out_len outputs, each reading taps inputs from start[i]. An axis also
+ * owns a scratch row for the RGB horizontal pass, so one axis serves one thread at a time.
+ */
 struct ap__axis {
     uint32_t in_len, out_len, taps;
-    int32_t *start;  /* [out_len] first input index */
-    int16_t *weight; /* [out_len * taps], zero-padded */
+    int32_t *start;  /* [out_len] first input index, then [out_len] taps actually used */
+    int16_t *weight; /* [out_len * taps] 14-bit fixed point, zero-padded */
+    float *fweight;  /* [out_len * taps] the same as float (RGB horizontal pass) */
+    float *scratch;  /* [in_len * 4] one row widened to float RGBX */
 };
 
 /* Compute Lanczos-3 weights for in_len -> out_len. Fails only on allocation (AP_ENOMEM). */

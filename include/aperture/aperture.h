@@ -1,0 +1,12 @@
+/*
+ * aperture.h - umbrella header: the whole public API of libaperture.
+ */
+#ifndef APERTURE_H
+#define APERTURE_H
+
+#include "aperture/status.h"
+#include "aperture/prep.h"
+#include "aperture/hash.h"
+#include "aperture/tokens.h"
+
+#endif
