@@ -62,7 +62,9 @@ ap_status ap__axis_init(struct ap__axis *ax, uint32_t in_len, uint32_t out_len, 
     ax->start = malloc(sizeof(int32_t) * out_len * 2);
     ax->weight = calloc((size_t)out_len * taps, sizeof(int16_t));
     ax->fweight = calloc((size_t)out_len * taps, sizeof(float));
-    ax->scratch = malloc(sizeof(float) * 4 * ((size_t)in_len + 1));
+    /* Room for taps - 1 zero pixels past the row end: the RGB pass runs every output over all
+     * taps (padded weights are 0) so its inner loop has a fixed trip count. */
+    ax->scratch = calloc(((size_t)in_len + taps) * 4, sizeof(float));
     tmp = malloc(sizeof(double) * taps);
     if (ax->start == NULL || ax->weight == NULL || ax->fweight == NULL || ax->scratch == NULL ||
         tmp == NULL) {
@@ -140,7 +142,7 @@ void ap__hpass_row(const struct ap__axis *ax, unsigned ch, const uint8_t *in, ui
             const v4f *p = px + ax->start[i];
             const float *w = ax->fweight + (size_t)i * taps;
             v4f acc = {0.5f, 0.5f, 0.5f, 0.5f};
-            for (int32_t k = 0; k < count[i]; k++)
+            for (uint32_t k = 0; k < taps; k++)
                 acc += p[k] * w[k];
             /* Clamp to 0..255 with lane masks rather than per-channel branches. */
             v4i q = __builtin_convertvector(acc, v4i);
