@@ -54,7 +54,8 @@ AP_API const char *ap_strerror(ap_status code);
  *     return ap_error_set(err, AP_EDECODE, "jpeg: truncated scan");
  */
 AP_API ap_status ap_error_set(ap_error *err, ap_status code, const char *fmt, ...) AP_PRINTF(3, 4);
-AP_API ap_status ap_error_setv(ap_error *err, ap_status code, const char *fmt, va_list ap);
+AP_API ap_status ap_error_setv(ap_error *err, ap_status code, const char *fmt, va_list ap)
+    AP_PRINTF(3, 0);
 
 /* Reset err to AP_OK with an empty message. err may be NULL. */
 AP_API void ap_error_clear(ap_error *err);
