@@ -27,7 +27,7 @@ struct ap__axis {
     uint32_t in_len, out_len, taps;
     int32_t *start;  /* [out_len] first input index, then [out_len] taps actually used */
     int16_t *weight; /* [out_len * taps] 14-bit fixed point, zero-padded */
-    float *fweight;  /* [out_len * taps] the same as float (RGB horizontal pass) */
+    float *fweight;  /* [out_len * taps * 4] the same as float, each broadcast to 4 lanes */
     float *scratch;  /* [in_len * 4] one row widened to float RGBX */
 };
 
