@@ -41,7 +41,7 @@ static void on_emit_message(j_common_ptr cinfo, int level)
     int code = cinfo->err->msg_code;
     /* Data missing from the scan: libjpeg would hand back grey rows. Extraneous bytes before a
      * marker are common in real phone JPEGs and harmless, so they are not in this list. */
-    if (code == JWRN_JPEG_EOF || code == JWRN_HIT_MARKER || code == JWRN_MUST_RESYNC) {
+    if (code == JWRN_JPEG_EOF) {
         if (!e->fatal_warning)
             (*cinfo->err->format_message)(cinfo, e->msg);
         e->fatal_warning = 1;

@@ -18,6 +18,8 @@
 #define PNG_CHUNK_MAX (8u << 20)
 #define PNG_CACHE_MAX (32u << 20)
 
+static void raw_profile_exif(const char *text, struct ap__header *hdr);
+
 static void note_metadata(spng_ctx *ctx, struct ap__header *hdr, bool *want_icc)
 {
     uint32_t n = 0;
@@ -28,9 +30,17 @@ static void note_metadata(spng_ctx *ctx, struct ap__header *hdr, bool *want_icc)
     if (spng_get_text(ctx, NULL, &n) == 0 && n > 0) {
         struct spng_text *t = calloc(n, sizeof(*t));
         if (t != NULL && spng_get_text(ctx, t, &n) == 0) {
-            for (uint32_t i = 0; i < n; i++)
-                hdr->meta |= strcmp(t[i].keyword, "XML:com.adobe.xmp") == 0 ? AP_META_XMP
-                                                                             : AP_META_COMMENT;
+            for (uint32_t i = 0; i < n; i++) {
+                if (strcmp(t[i].keyword, "XML:com.adobe.xmp") == 0)
+                    hdr->meta |= AP_META_XMP;
+                else if (strcmp(t[i].keyword, "Raw profile type exif") == 0 ||
+                         strcmp(t[i].keyword, "Raw profile type APP1") == 0)
+                    raw_profile_exif(t[i].text, hdr);
+                else if (strncmp(t[i].keyword, "Raw profile type iptc", 21) == 0)
+                    hdr->meta |= AP_META_IPTC;
+                else
+                    hdr->meta |= AP_META_COMMENT;
+            }
         } else {
             hdr->meta |= AP_META_COMMENT;
         }
@@ -43,11 +53,76 @@ static void note_metadata(spng_ctx *ctx, struct ap__header *hdr, bool *want_icc)
     }
 }
 
-/* 16-bit gray+alpha rows to 8-bit with rounding. */
-static void ga16_to_ga8(const uint16_t *in, uint8_t *out, size_t samples)
+/* A bounded walk over the chunk headers: animation (acTL) and bytes after IEND (polyglots). */
+static void png_walk(const uint8_t *buf, size_t len, struct ap__header *hdr)
 {
-    for (size_t i = 0; i < samples; i++)
-        out[i] = (uint8_t)((in[i] * 255u + 32767u) / 65535u);
+    size_t off = 8;
+    while (off + 12 <= len) {
+        uint32_t n = (uint32_t)buf[off] << 24 | (uint32_t)buf[off + 1] << 16 |
+                     (uint32_t)buf[off + 2] << 8 | buf[off + 3];
+        const uint8_t *type = buf + off + 4;
+        if (n > len - off - 12)
+            return;
+        if (memcmp(type, "acTL", 4) == 0)
+            hdr->warnings |= AP_WARN_MULTI_FRAME; /* APNG: the default image is decoded */
+        off += (size_t)n + 12;
+        if (memcmp(type, "IEND", 4) == 0) {
+            if (off < len)
+                hdr->warnings |= AP_WARN_TRAILING_DATA;
+            return;
+        }
+    }
+}
+
+/* ImageMagick stores EXIF in a text chunk "Raw profile type exif": "\nexif\n  LEN\nHEX...".
+ * Decode it to bytes for the orientation; malformed text is ignored. */
+static void raw_profile_exif(const char *text, struct ap__header *hdr)
+{
+    const char *p = strstr(text, "exif");
+    if (p == NULL)
+        return;
+    p += 4;
+    while (*p == '\n' || *p == ' ')
+        p++;
+    char *end;
+    unsigned long n = strtoul(p, &end, 10);
+    if (end == p || n == 0 || n > (1u << 20))
+        return;
+    uint8_t *bytes = malloc(n);
+    if (bytes == NULL)
+        return;
+    size_t got = 0;
+    int hi = -1;
+    for (p = end; *p && got < n; p++) {
+        int v = (*p >= '0' && *p <= '9') ? *p - '0'
+                : (*p >= 'a' && *p <= 'f') ? *p - 'a' + 10
+                : (*p >= 'A' && *p <= 'F') ? *p - 'A' + 10
+                                           : -1;
+        if (v < 0)
+            continue;
+        if (hi < 0) {
+            hi = v;
+        } else {
+            bytes[got++] = (uint8_t)(hi << 4 | v);
+            hi = -1;
+        }
+    }
+    if (got == n)
+        hdr->orientation = ap__exif_orientation(bytes, n, &hdr->meta);
+    free(bytes);
+}
+
+/* 16-bit gray+alpha rows to 8-bit with rounding; be: samples are big-endian (as stored). */
+static void ga16_to_ga8(const uint8_t *in, uint8_t *out, size_t samples, bool be)
+{
+    for (size_t i = 0; i < samples; i++) {
+        uint16_t v;
+        if (be)
+            v = (uint16_t)(in[2 * i] << 8 | in[2 * i + 1]);
+        else
+            memcpy(&v, in + 2 * i, 2);
+        out[i] = (uint8_t)((v * 255u + 32767u) / 65535u);
+    }
 }
 
 ap_status ap__decode_png(struct ap__dec *d)
@@ -72,6 +147,7 @@ ap_status ap__decode_png(struct ap__dec *d)
     d->hdr.orientation = 1;
     bool want_icc = false;
     note_metadata(ctx, &d->hdr, &want_icc);
+    png_walk(d->buf, d->len, &d->hdr);
     uint32_t need_w, need_h;
     if ((rc = ap__dec_header(d, &need_w, &need_h)) != AP_OK)
         goto out;
@@ -85,10 +161,16 @@ ap_status ap__decode_png(struct ap__dec *d)
                  ihdr.color_type == SPNG_COLOR_TYPE_TRUECOLOR_ALPHA;
     int fmt;
     enum ap__pix pix;
-    bool wide_gray = false;
+    bool wide_gray = false, raw_be16 = false;
     if (gray && !alpha && ihdr.bit_depth <= 8) {
         fmt = SPNG_FMT_G8;
         pix = AP__PIX_G8;
+    } else if (ihdr.color_type == SPNG_COLOR_TYPE_GRAYSCALE_ALPHA) {
+        /* spng converts only colour type 0 to GA; type 4 is already gray+alpha, 8 or 16 bit:
+         * take it as stored (16-bit samples big-endian) and reduce 16-bit ourselves. */
+        fmt = SPNG_FMT_PNG;
+        pix = AP__PIX_GA8;
+        wide_gray = raw_be16 = ihdr.bit_depth == 16;
     } else if (gray && ihdr.bit_depth <= 8) {
         fmt = SPNG_FMT_GA8;
         pix = AP__PIX_GA8;
@@ -140,7 +222,7 @@ ap_status ap__decode_png(struct ap__dec *d)
                 goto out;
             }
             if (wide_gray)
-                ga16_to_ga8((const uint16_t *)row, row8, stride8);
+                ga16_to_ga8(row, row8, stride8, raw_be16);
             if ((rc = ap__dec_rows(d, wide_gray ? row8 : row, stride, 1)) != AP_OK)
                 goto out;
         }
@@ -159,12 +241,17 @@ ap_status ap__decode_png(struct ap__dec *d)
         for (uint32_t y = 0; y < ihdr.height; y++) {
             uint8_t *r = img + (size_t)y * stride;
             if (wide_gray) /* in place: the 8-bit row is half the 16-bit one */
-                ga16_to_ga8((const uint16_t *)r, r, stride8);
+                ga16_to_ga8(r, r, stride8, raw_be16);
             if ((rc = ap__dec_rows(d, r, stride, 1)) != AP_OK)
                 goto out;
         }
     }
-    /* Text chunks after IDAT are only visible now. */
+    /* Read on to IEND: a file cut after its last row (no IEND) is truncated, not complete;
+     * and text chunks after IDAT are only visible now. */
+    if ((e = spng_decode_chunks(ctx)) != 0) {
+        rc = ap_error_set(d->err, AP_EDECODE, "png: after the image data: %s", spng_strerror(e));
+        goto out;
+    }
     uint32_t ntext = 0;
     if (spng_get_text(ctx, NULL, &ntext) == 0 && ntext > 0)
         d->hdr.meta |= AP_META_COMMENT;
