@@ -252,6 +252,13 @@ ap_status ap__decode_png(struct ap__dec *d)
         rc = ap_error_set(d->err, AP_EDECODE, "png: after the image data: %s", spng_strerror(e));
         goto out;
     }
+    /* An eXIf chunk after IDAT (allowed by Pillow and some writers) is only visible now. Its
+     * orientation still applies: orientation is the pipeline's last step. */
+    struct spng_exif late_exif;
+    if (!(d->hdr.meta & AP_META_EXIF) && spng_get_exif(ctx, &late_exif) == 0 &&
+        late_exif.data != NULL)
+        d->hdr.orientation = ap__exif_orientation((const uint8_t *)late_exif.data,
+                                                  late_exif.length, &d->hdr.meta);
     uint32_t ntext = 0;
     if (spng_get_text(ctx, NULL, &ntext) == 0 && ntext > 0)
         d->hdr.meta |= AP_META_COMMENT;

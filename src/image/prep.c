@@ -566,6 +566,7 @@ ap_status ap_prep(const uint8_t *buf, size_t len, const ap_prep_opts *opts, ap_p
     memset(&r, 0, sizeof(r));
     memset(&s, 0, sizeof(s));
     memset(&d, 0, sizeof(d));
+    ap_error_clear(err); /* a reused ap_error must not report an earlier call's failure */
     if (res == NULL || (buf == NULL && len > 0))
         return ap_error_set(err, AP_EINVAL, "prep: NULL argument");
     memset(res, 0, sizeof(*res));
