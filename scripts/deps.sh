@@ -6,10 +6,13 @@ set -eu
 what=${1:-test}
 build_pkgs="build-essential cmake ninja-build pkg-config
   libjpeg62-turbo-dev libspng-dev libpng-dev libwebp-dev libgif-dev libtiff-dev libheif-dev
-  liblcms2-dev libexif-dev libssl-dev"
+  liblcms2-dev libexif-dev libssl-dev
+  libmicrohttpd-dev libcurl4-openssl-dev libjansson-dev libcyaml-dev
+  libtesseract-dev libleptonica-dev tesseract-ocr-eng"
 # Tests compare against independent tools (libvips, Pillow) and fuzz with clang's libFuzzer.
-test_pkgs="libcmocka-dev clang libclang-rt-14-dev libvips-tools python3 python3-pil python3-numpy"
-bench_pkgs="libjpeg-turbo-progs imagemagick hyperfine time nodejs npm"
+test_pkgs="libcmocka-dev clang libclang-rt-14-dev libvips-tools python3 python3-pil python3-numpy
+  redis-server nodejs npm"
+bench_pkgs="libjpeg-turbo-progs imagemagick hyperfine time wrk"
 case $what in
   build) pkgs=$build_pkgs ;;
   test) pkgs="$build_pkgs $test_pkgs" ;;

@@ -37,6 +37,12 @@ typedef enum ap_status {
     AP_EIO = 8,          /* reading or writing a file failed */
     AP_EINTERNAL = 9,    /* a bug: an invariant did not hold */
     AP_ENOTFOUND = 10,   /* a named thing (model, target) is unknown */
+    AP_EUPSTREAM = 11,   /* the upstream provider answered with an error */
+    AP_ETIMEOUT = 12,    /* a deadline passed (upstream call, fetch) */
+    AP_EAUTH = 13,       /* missing or wrong credentials */
+    AP_ERATELIMIT = 14,  /* over a rate limit */
+    AP_EFORBIDDEN = 15,  /* refused by policy (SSRF: private address, host not allowed) */
+    AP_ENETWORK = 16,    /* could not connect / connection dropped */
 } ap_status;
 
 #define AP_ERROR_MSG_MAX 256

@@ -20,6 +20,12 @@ const char *ap_strerror(ap_status code)
     case AP_EIO: return "AP_EIO";
     case AP_EINTERNAL: return "AP_EINTERNAL";
     case AP_ENOTFOUND: return "AP_ENOTFOUND";
+    case AP_EUPSTREAM: return "AP_EUPSTREAM";
+    case AP_ETIMEOUT: return "AP_ETIMEOUT";
+    case AP_EAUTH: return "AP_EAUTH";
+    case AP_ERATELIMIT: return "AP_ERATELIMIT";
+    case AP_EFORBIDDEN: return "AP_EFORBIDDEN";
+    case AP_ENETWORK: return "AP_ENETWORK";
     }
     return "AP_EUNKNOWN";
 }

@@ -1,0 +1,128 @@
+/*
+ * config.h - the gateway's configuration: one YAML file (libcyaml), environment overrides, and
+ * zero-config conventions.
+ *
+ * Load order: built-in defaults -> the YAML file (--config / APERTURE_CONFIG; optional) ->
+ * environment (APERTURE_* for every setting, plus the names users expect: OPENAI_API_KEY,
+ * OPENAI_BASE_URL, ANTHROPIC_API_KEY, ANTHROPIC_BASE_URL, GEMINI_API_KEY, GEMINI_BASE_URL,
+ * MAX_IMAGE_SIZE_MB) -> command line (--listen). A provider whose key variable is set is enabled
+ * even without a file; the `local` offline provider is always there and is the default model.
+ *
+ * Secrets: provider keys are read from the environment variables the config names and kept only
+ * in ap_provider_conf.api_key; nothing in this module ever prints them. Client keys are stored
+ * and compared as SHA-256 hashes.
+ *
+ * Threading: an ap_config is immutable after ap_config_load() returns; share it freely.
+ */
+#ifndef APERTURE_CONFIG_H
+#define APERTURE_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "aperture/prep.h"
+#include "aperture/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum ap_provider_type {
+    AP_PROVIDER_OPENAI = 0,        /* api.openai.com Chat Completions */
+    AP_PROVIDER_ANTHROPIC = 1,     /* api.anthropic.com Messages */
+    AP_PROVIDER_GEMINI = 2,        /* generativelanguage.googleapis.com generateContent */
+    AP_PROVIDER_OPENAI_COMPAT = 3, /* vLLM, Ollama, llama.cpp: OpenAI wire, base_url + key */
+    AP_PROVIDER_LOCAL = 4,         /* offline: Tesseract OCR + rules, no network */
+} ap_provider_type;
+
+typedef struct ap_provider_conf {
+    char *name;          /* "openai", "anthropic", "my-vllm", ... unique */
+    ap_provider_type type;
+    char *base_url;      /* e.g. "https://api.openai.com/v1"; NULL for local */
+    char *api_key_env;   /* the variable the key is read from */
+    char *api_key;       /* resolved key, or NULL (self-hosted without auth, local) */
+    long connect_timeout_ms; /* default 10,000 */
+    long timeout_ms;         /* whole upstream call; default 600,000 */
+} ap_provider_conf;
+
+typedef struct ap_model_conf {
+    char *name;          /* the name clients send */
+    char *provider;      /* ap_provider_conf.name */
+    char *upstream;      /* the provider's model name (default: name) */
+    double usd_per_mtok_in, usd_per_mtok_out; /* < 0: use the built-in price table */
+    char *token_model;   /* model name for ap_tokens_estimate (default: upstream) */
+    char *target;        /* ap_prep target preset (default: by provider type) */
+} ap_model_conf;
+
+typedef struct ap_task_conf {
+    char *name;          /* "describe", "invoice_extraction", ... */
+    char *model;         /* default model for the task */
+    char *prompt;        /* default prompt */
+    char *prompt_version;
+} ap_task_conf;
+
+typedef struct ap_config {
+    char *listen;              /* "127.0.0.1:8080" */
+    size_t max_body_bytes;     /* default 64 MiB */
+    int workers;               /* CPU worker threads; 0 = one per core */
+    /* Clients. No keys: no auth, and the server refuses to listen beyond loopback. */
+    char **client_key_sha256;  /* lowercase hex SHA-256 of each accepted key */
+    size_t n_client_keys;
+    double rate_rps;           /* per-key token bucket refill, requests/s; 0 = unlimited */
+    double rate_burst;
+    /* Upstreams. */
+    ap_provider_conf *providers;
+    size_t n_providers;
+    ap_model_conf *models;
+    size_t n_models;
+    ap_task_conf *tasks;
+    size_t n_tasks;
+    char *default_model;       /* used when a request names none (native API); "local" */
+    /* Images. */
+    ap_prep_opts prep;         /* limits and defaults; targets per model override geometry */
+    uint32_t ocr_max_edge;     /* OCR works on the normalised image capped here; default 4000 */
+    /* Fetching image URLs. */
+    bool fetch_allow_loopback; /* tests only */
+    char **fetch_allow_hosts;  /* optional allow-list; NULL = any public host */
+    size_t n_fetch_allow_hosts;
+    long fetch_timeout_ms;     /* default 10,000 */
+    size_t fetch_max_bytes;    /* default = prep.max_input_bytes */
+    /* Logs. */
+    char *log_file;            /* NULL = stderr */
+    bool log_prompts;          /* default false */
+} ap_config;
+
+/*
+ * Load the configuration. path may be NULL (defaults + environment only). argv_listen, when
+ * not NULL, overrides the listen address (the --listen flag). On failure *out is untouched and
+ * err names the key, the line and why ("config.yaml:12: providers[0].type: unknown value
+ * \"opnai\""); callers exit with status 2.
+ */
+AP_API AP_NODISCARD ap_status ap_config_load(const char *path, const char *argv_listen,
+                                             ap_config **out, ap_error *err);
+
+/* Free a configuration. NULL is a no-op. */
+AP_API void ap_config_free(ap_config *cfg);
+
+/*
+ * Route a model name: a configured model by exact name first, else by prefix convention
+ * (gpt-*, o1*, o3*, o4*, chatgpt-* -> the openai provider; claude-* -> anthropic; gemini-* ->
+ * gemini; "local" -> local). *model is set to the configured model or NULL when routed by
+ * prefix; *prov to the provider. AP_ENOTFOUND when nothing routes (or the provider is not
+ * enabled: the message says which key variable would enable it).
+ */
+AP_API AP_NODISCARD ap_status ap_config_route(const ap_config *cfg, const char *name,
+                                              const ap_model_conf **model,
+                                              const ap_provider_conf **prov, ap_error *err);
+
+/* The task's configuration, or NULL. */
+AP_API const ap_task_conf *ap_config_task(const ap_config *cfg, const char *name);
+
+/* "openai", "anthropic", "gemini", "openai-compatible", "local". */
+AP_API const char *ap_provider_type_name(ap_provider_type t);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
