@@ -7,6 +7,8 @@
  * OPENAI_BASE_URL, ANTHROPIC_API_KEY, ANTHROPIC_BASE_URL, GEMINI_API_KEY, GEMINI_BASE_URL,
  * MAX_IMAGE_SIZE_MB) -> command line (--listen). A provider whose key variable is set is enabled
  * even without a file; the `local` offline provider is always there and is the default model.
+ * Every key and variable is documented in docs/CONFIG.md; config/aperture.example.yaml is a
+ * complete example.
  *
  * Secrets: provider keys are read from the environment variables the config names and kept only
  * in ap_provider_conf.api_key; nothing in this module ever prints them. Client keys are stored
@@ -23,6 +25,7 @@
 
 #include "aperture/prep.h"
 #include "aperture/status.h"
+#include "aperture/tokens.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -44,6 +47,11 @@ typedef struct ap_provider_conf {
     char *api_key;       /* resolved key, or NULL (self-hosted without auth, local) */
     long connect_timeout_ms; /* default 10,000 */
     long timeout_ms;         /* whole upstream call; default 600,000 */
+    /*
+     * false when api_key_env names a variable that is not set: the provider stays in the list
+     * (so routing can say which variable would enable it) but nothing is routed to it.
+     */
+    bool enabled;
 } ap_provider_conf;
 
 typedef struct ap_model_conf {
@@ -52,14 +60,17 @@ typedef struct ap_model_conf {
     char *upstream;      /* the provider's model name (default: name) */
     double usd_per_mtok_in, usd_per_mtok_out; /* < 0: use the built-in price table */
     char *token_model;   /* model name for ap_tokens_estimate (default: upstream) */
-    char *target;        /* ap_prep target preset (default: by provider type) */
+    char *target;        /* ap_prep target preset (default: ap_provider_default_target()) */
+    /* A self-hosted model's image-token rule (YAML token_patch); replaces token_model's rule. */
+    bool has_token_patch;
+    ap_tokens_patch_formula token_patch;
 } ap_model_conf;
 
 typedef struct ap_task_conf {
     char *name;          /* "describe", "invoice_extraction", ... */
     char *model;         /* default model for the task */
     char *prompt;        /* default prompt */
-    char *prompt_version;
+    char *prompt_version; /* default "1" */
 } ap_task_conf;
 
 typedef struct ap_config {
@@ -91,26 +102,45 @@ typedef struct ap_config {
     /* Logs. */
     char *log_file;            /* NULL = stderr */
     bool log_prompts;          /* default false */
+    /*
+     * Problems that did not stop the load, one line each, for the caller to log (this module
+     * prints nothing): e.g. a provider disabled because its key variable is not set.
+     */
+    char **warnings;
+    size_t n_warnings;
 } ap_config;
 
 /*
- * Load the configuration. path may be NULL (defaults + environment only). argv_listen, when
- * not NULL, overrides the listen address (the --listen flag). On failure *out is untouched and
- * err names the key, the line and why ("config.yaml:12: providers[0].type: unknown value
- * \"opnai\""); callers exit with status 2.
+ * Load the configuration. path may be NULL: then $APERTURE_CONFIG names the file, and when that
+ * is unset or empty there is no file (defaults + environment only). argv_listen, when not NULL,
+ * overrides the listen address (the --listen flag). *out is (transfer full): ap_config_free().
+ * On failure *out is untouched and err names the key, the line and why ("config.yaml:12:
+ * providers[0].type: unknown value \"opnai\"" or "APERTURE_WORKERS: expected a whole number"):
+ * AP_EINVAL for an invalid setting, AP_EIO when the file cannot be read, AP_ETOOLARGE for a
+ * file over 1 MiB. Callers exit with status 2. No message ever contains a key.
  */
 AP_API AP_NODISCARD ap_status ap_config_load(const char *path, const char *argv_listen,
                                              ap_config **out, ap_error *err);
+
+/*
+ * The same from YAML in memory (buf/len borrowed, need not be NUL-terminated; len 0 = no file).
+ * name labels messages in place of the path. APERTURE_CONFIG is not consulted.
+ */
+AP_API AP_NODISCARD ap_status ap_config_load_buffer(const char *buf, size_t len, const char *name,
+                                                    const char *argv_listen, ap_config **out,
+                                                    ap_error *err);
 
 /* Free a configuration. NULL is a no-op. */
 AP_API void ap_config_free(ap_config *cfg);
 
 /*
  * Route a model name: a configured model by exact name first, else by prefix convention
- * (gpt-*, o1*, o3*, o4*, chatgpt-* -> the openai provider; claude-* -> anthropic; gemini-* ->
- * gemini; "local" -> local). *model is set to the configured model or NULL when routed by
- * prefix; *prov to the provider. AP_ENOTFOUND when nothing routes (or the provider is not
- * enabled: the message says which key variable would enable it).
+ * (gpt-*, o1*, o3*, o4*, chatgpt-* -> the first enabled provider of type openai, declared ones
+ * before the zero-config one; claude-* -> anthropic; gemini-* -> gemini; "local" -> local).
+ * *model (may be NULL) is set to the configured model or NULL when routed by prefix; *prov
+ * (may be NULL) to the provider; both only on success. AP_ENOTFOUND when nothing routes (the
+ * message lists what would) or the provider is not enabled (the message names the key variable
+ * that would enable it); AP_EINVAL for a NULL or empty name. Messages are safe to show clients.
  */
 AP_API AP_NODISCARD ap_status ap_config_route(const ap_config *cfg, const char *name,
                                               const ap_model_conf **model,
@@ -119,8 +149,15 @@ AP_API AP_NODISCARD ap_status ap_config_route(const ap_config *cfg, const char *
 /* The task's configuration, or NULL. */
 AP_API const ap_task_conf *ap_config_task(const ap_config *cfg, const char *name);
 
-/* "openai", "anthropic", "gemini", "openai-compatible", "local". */
+/* "openai", "anthropic", "gemini", "openai-compatible", "local"; "unknown" otherwise. */
 AP_API const char *ap_provider_type_name(ap_provider_type t);
+
+/*
+ * The ap_prep target a model of this provider type gets when its config names none (and for
+ * models routed by prefix): "openai-high", "anthropic", "gemini", "default" for
+ * openai-compatible, "none" for local (OCR wants the full image). Never NULL.
+ */
+AP_API const char *ap_provider_default_target(ap_provider_type t);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,1461 @@
+/*
+ * config.c - the gateway's configuration: built-in defaults, the YAML file, environment
+ * overrides, zero-config providers, validation and model routing. docs/CONFIG.md is the user's
+ * view; include/aperture/config.h the contract.
+ *
+ * Every top-level setting is one row of settings[]: its YAML key, its kind and where it lives in
+ * ap_config. The same row parses the value whether it comes from the file or from its variable
+ * (APERTURE_ + the key in capitals), so both accept and refuse the same things with the same
+ * words. The file's scalars therefore reach us as strings: libcyaml checks the document's shape
+ * (keys, lists, mappings, required keys) and we check the values.
+ *
+ * Errors name where the value came from: "NAME:LINE: PATH: why" for the file (lines from the
+ * index built in config_yaml.c), "VARIABLE: why" for the environment. Values of fields that can
+ * hold a secret (client key hashes, api_key_env, URLs) are never quoted back, and provider keys
+ * are never formatted anywhere.
+ *
+ * No static mutable state: the tables below are const, everything else hangs off the ap_config
+ * being built.
+ */
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "aperture/config.h"
+#include "aperture/hash.h"
+#include "core/config_int.h"
+#include "core/core.h"
+
+/* A bigger file is not a config; everything allocated from it is bounded by this. */
+#define CONFIG_MAX_BYTES (1u << 20)
+
+#define DEFAULT_LISTEN             "127.0.0.1:8080"
+#define DEFAULT_CONNECT_TIMEOUT_MS 10000L
+#define DEFAULT_TIMEOUT_MS         600000L
+
+/* ---- the settings table ----------------------------------------------------------------- */
+
+enum kind {
+    K_STR,      /* char *, free-form (log_file) */
+    K_LISTEN,   /* char *, HOST:PORT */
+    K_MODEL,    /* char *, a model name; must route (checked once everything is loaded) */
+    K_SIZE,     /* size_t */
+    K_INT,      /* int */
+    K_LONG,     /* long */
+    K_U8,       /* uint8_t */
+    K_U32,      /* uint32_t */
+    K_U64,      /* uint64_t */
+    K_RATE,     /* double >= 0 */
+    K_BOOL,     /* bool */
+    K_ENCODING, /* ap_encoding: jpeg, png, webp */
+    K_COLOR,    /* uint8_t[3] from "#rrggbb" */
+    K_HASHES,   /* char ** of lowercase SHA-256 hex + size_t count */
+    K_HOSTS,    /* char ** of host names + size_t count */
+};
+
+struct setting {
+    const char *key; /* the YAML key; the variable is APERTURE_ + the key in capitals */
+    enum kind kind;
+    size_t off;        /* the field in ap_config */
+    size_t off_n;      /* lists: the count field */
+    uint64_t min, max; /* integers: inclusive range; max 0 = the field type's limit */
+};
+
+#define AT(m) offsetof(ap_config, m)
+static const struct setting settings[] = {
+    {"listen", K_LISTEN, AT(listen), 0, 0, 0},
+    {"max_body_bytes", K_SIZE, AT(max_body_bytes), 0, 1, 0},
+    {"workers", K_INT, AT(workers), 0, 0, 4096},
+    {"client_keys_sha256", K_HASHES, AT(client_key_sha256), AT(n_client_keys), 0, 0},
+    {"rate_rps", K_RATE, AT(rate_rps), 0, 0, 0},
+    {"rate_burst", K_RATE, AT(rate_burst), 0, 0, 0},
+    {"default_model", K_MODEL, AT(default_model), 0, 0, 0},
+    {"max_image_bytes", K_SIZE, AT(prep.max_input_bytes), 0, 1, 0},
+    {"max_image_pixels", K_U64, AT(prep.max_pixels), 0, 1, 0},
+    {"image_min_side", K_U32, AT(prep.min_side), 0, 1, 0},
+    {"image_warn_min_side", K_U32, AT(prep.warn_min_side), 0, 0, 0},
+    {"image_encoding", K_ENCODING, AT(prep.encoding), 0, 0, 0},
+    {"image_quality", K_INT, AT(prep.quality), 0, 1, 100},
+    {"image_background", K_COLOR, AT(prep.background), 0, 0, 0},
+    {"image_trim", K_BOOL, AT(prep.trim), 0, 0, 0},
+    {"image_trim_tolerance", K_U8, AT(prep.trim_tolerance), 0, 0, 255},
+    {"image_gray", K_BOOL, AT(prep.gray), 0, 0, 0},
+    {"ocr_max_edge", K_U32, AT(ocr_max_edge), 0, 1, 0},
+    {"fetch_allow_loopback", K_BOOL, AT(fetch_allow_loopback), 0, 0, 0},
+    {"fetch_allow_hosts", K_HOSTS, AT(fetch_allow_hosts), AT(n_fetch_allow_hosts), 0, 0},
+    {"fetch_timeout_ms", K_LONG, AT(fetch_timeout_ms), 0, 1, 0},
+    {"fetch_max_bytes", K_SIZE, AT(fetch_max_bytes), 0, 1, 0},
+    {"log_file", K_STR, AT(log_file), 0, 0, 0},
+    {"log_prompts", K_BOOL, AT(log_prompts), 0, 0, 0},
+};
+#define N_SETTINGS 24
+_Static_assert(sizeof(settings) / sizeof(settings[0]) == N_SETTINGS, "N_SETTINGS");
+
+/* The providers that exist without a file, enabled by their key variable. */
+struct builtin {
+    const char *name;
+    ap_provider_type type;
+    const char *key_env, *url_env, *url;
+};
+static const struct builtin builtins[] = {
+    {"openai", AP_PROVIDER_OPENAI, "OPENAI_API_KEY", "OPENAI_BASE_URL",
+     "https://api.openai.com/v1"},
+    {"anthropic", AP_PROVIDER_ANTHROPIC, "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL",
+     "https://api.anthropic.com"},
+    {"gemini", AP_PROVIDER_GEMINI, "GEMINI_API_KEY", "GEMINI_BASE_URL",
+     "https://generativelanguage.googleapis.com/v1beta"},
+};
+
+/* Model-name conventions, used when no configured model has the exact name. */
+static const struct {
+    const char *prefix;
+    ap_provider_type type;
+} prefixes[] = {
+    {"gpt-", AP_PROVIDER_OPENAI},     {"o1", AP_PROVIDER_OPENAI},
+    {"o3", AP_PROVIDER_OPENAI},       {"o4", AP_PROVIDER_OPENAI},
+    {"chatgpt-", AP_PROVIDER_OPENAI}, {"claude-", AP_PROVIDER_ANTHROPIC},
+    {"gemini-", AP_PROVIDER_GEMINI},
+};
+#define PREFIX_HELP                                                                                \
+    "gpt-, o1, o3, o4, chatgpt- (openai), claude- (anthropic) or gemini- (gemini), or use "        \
+    "\"local\""
+
+static const char *const type_names[] = {"openai", "anthropic", "gemini", "openai-compatible",
+                                         "local"};
+
+const char *ap_provider_type_name(ap_provider_type t)
+{
+    return (unsigned)t < sizeof(type_names) / sizeof(type_names[0]) ? type_names[t] : "unknown";
+}
+
+const char *ap_provider_default_target(ap_provider_type t)
+{
+    switch (t) {
+    case AP_PROVIDER_OPENAI:
+        return "openai-high";
+    case AP_PROVIDER_ANTHROPIC:
+        return "anthropic";
+    case AP_PROVIDER_GEMINI:
+        return "gemini";
+    case AP_PROVIDER_OPENAI_COMPAT:
+        return "default";
+    case AP_PROVIDER_LOCAL:
+        return "none";
+    }
+    return "default";
+}
+
+/* ---- the file as libcyaml loads it: every scalar a string ------------------------------- */
+
+struct raw_patch {
+    char *patch_px, *max_pixels, *tokens_per_patch, *extra_tokens;
+};
+struct raw_provider {
+    char *name, *type, *base_url, *api_key_env, *connect_timeout_ms, *timeout_ms;
+};
+struct raw_model {
+    char *name, *provider, *upstream, *usd_per_mtok_in, *usd_per_mtok_out, *token_model, *target;
+    struct raw_patch *token_patch;
+};
+struct raw_task {
+    char *name, *model, *prompt, *prompt_version;
+};
+struct raw_top {
+    char *scalar[N_SETTINGS]; /* by settings[] index; lists use list[] */
+    char **list[N_SETTINGS];
+    unsigned list_n[N_SETTINGS];
+    struct raw_provider *providers;
+    unsigned providers_count;
+    struct raw_model *models;
+    unsigned models_count;
+    struct raw_task *tasks;
+    unsigned tasks_count;
+};
+
+/* `key: ~` and `key:` count as not set. Required keys must be present; empty is checked later. */
+#define OPT                    (CYAML_FLAG_OPTIONAL | CYAML_FLAG_POINTER_NULL_STR)
+#define REQ                    CYAML_FLAG_POINTER_NULL_STR
+#define STR(key, flags, st, m) CYAML_FIELD_STRING_PTR(key, flags, st, m, 0, CYAML_UNLIMITED)
+
+static const cyaml_schema_value_t str_entry = {
+    CYAML_VALUE_STRING(CYAML_FLAG_POINTER, char, 0, CYAML_UNLIMITED),
+};
+
+static const cyaml_schema_field_t patch_fields[] = {
+    STR("patch_px", REQ, struct raw_patch, patch_px),
+    STR("max_pixels", OPT, struct raw_patch, max_pixels),
+    STR("tokens_per_patch", REQ, struct raw_patch, tokens_per_patch),
+    STR("extra_tokens", OPT, struct raw_patch, extra_tokens),
+    CYAML_FIELD_END,
+};
+
+static const cyaml_schema_field_t provider_fields[] = {
+    STR("name", REQ, struct raw_provider, name),
+    STR("type", REQ, struct raw_provider, type),
+    STR("base_url", OPT, struct raw_provider, base_url),
+    STR("api_key_env", OPT, struct raw_provider, api_key_env),
+    STR("connect_timeout_ms", OPT, struct raw_provider, connect_timeout_ms),
+    STR("timeout_ms", OPT, struct raw_provider, timeout_ms),
+    CYAML_FIELD_END,
+};
+static const cyaml_schema_value_t provider_entry = {
+    CYAML_VALUE_MAPPING(CYAML_FLAG_DEFAULT, struct raw_provider, provider_fields),
+};
+
+static const cyaml_schema_field_t model_fields[] = {
+    STR("name", REQ, struct raw_model, name),
+    STR("provider", REQ, struct raw_model, provider),
+    STR("upstream", OPT, struct raw_model, upstream),
+    STR("usd_per_mtok_in", OPT, struct raw_model, usd_per_mtok_in),
+    STR("usd_per_mtok_out", OPT, struct raw_model, usd_per_mtok_out),
+    STR("token_model", OPT, struct raw_model, token_model),
+    CYAML_FIELD_MAPPING_PTR("token_patch", CYAML_FLAG_OPTIONAL | CYAML_FLAG_POINTER,
+                            struct raw_model, token_patch, patch_fields),
+    STR("target", OPT, struct raw_model, target),
+    CYAML_FIELD_END,
+};
+static const cyaml_schema_value_t model_entry = {
+    CYAML_VALUE_MAPPING(CYAML_FLAG_DEFAULT, struct raw_model, model_fields),
+};
+
+static const cyaml_schema_field_t task_fields[] = {
+    STR("name", REQ, struct raw_task, name),
+    STR("model", OPT, struct raw_task, model),
+    STR("prompt", REQ, struct raw_task, prompt),
+    STR("prompt_version", OPT, struct raw_task, prompt_version),
+    CYAML_FIELD_END,
+};
+static const cyaml_schema_value_t task_entry = {
+    CYAML_VALUE_MAPPING(CYAML_FLAG_DEFAULT, struct raw_task, task_fields),
+};
+
+/* The top level is assembled from settings[] at load time (on the caller's stack). */
+struct schema {
+    cyaml_schema_field_t fields[N_SETTINGS + 4];
+    cyaml_schema_value_t top;
+};
+
+static void schema_init(struct schema *s)
+{
+    size_t k = 0;
+    memset(s, 0, sizeof(*s));
+    for (size_t i = 0; i < N_SETTINGS; i++) {
+        cyaml_schema_field_t *f = &s->fields[k++];
+        f->key = settings[i].key;
+        if (settings[i].kind == K_HASHES || settings[i].kind == K_HOSTS) {
+            f->data_offset = (uint32_t)(offsetof(struct raw_top, list) + i * sizeof(char **));
+            f->count_offset = (uint32_t)(offsetof(struct raw_top, list_n) + i * sizeof(unsigned));
+            f->count_size = sizeof(unsigned);
+            f->value = (cyaml_schema_value_t){
+                CYAML_VALUE_SEQUENCE(CYAML_FLAG_OPTIONAL | CYAML_FLAG_POINTER, char *, &str_entry,
+                                     0, CYAML_UNLIMITED),
+            };
+        } else {
+            f->data_offset = (uint32_t)(offsetof(struct raw_top, scalar) + i * sizeof(char *));
+            f->value = (cyaml_schema_value_t){
+                CYAML_VALUE_STRING(OPT, char, 0, CYAML_UNLIMITED),
+            };
+        }
+    }
+    s->fields[k++] = (cyaml_schema_field_t)CYAML_FIELD_SEQUENCE(
+        "providers", CYAML_FLAG_OPTIONAL | CYAML_FLAG_POINTER, struct raw_top, providers,
+        &provider_entry, 0, CYAML_UNLIMITED);
+    s->fields[k++] = (cyaml_schema_field_t)CYAML_FIELD_SEQUENCE(
+        "models", CYAML_FLAG_OPTIONAL | CYAML_FLAG_POINTER, struct raw_top, models, &model_entry, 0,
+        CYAML_UNLIMITED);
+    s->fields[k++] = (cyaml_schema_field_t)CYAML_FIELD_SEQUENCE(
+        "tasks", CYAML_FLAG_OPTIONAL | CYAML_FLAG_POINTER, struct raw_top, tasks, &task_entry, 0,
+        CYAML_UNLIMITED);
+    s->fields[k] = (cyaml_schema_field_t)CYAML_FIELD_END;
+    s->top = (cyaml_schema_value_t){
+        CYAML_VALUE_MAPPING(CYAML_FLAG_POINTER, struct raw_top, s->fields),
+    };
+}
+
+/* ---- the loader's context and error helpers ----------------------------------------------- */
+
+/* Where a value came from: a path in the file, or a variable (or the --listen flag). */
+struct src {
+    const char *label;
+    bool env;
+};
+
+struct ld {
+    const char *name; /* the file as messages call it */
+    const struct ap__yindex *ix;
+    ap_config *cfg;
+    ap_error *err;
+    size_t n_file_providers;       /* providers[0..n) came from the file */
+    const char *default_model_env; /* the variable default_model came from, or NULL */
+};
+
+AP_PRINTF(3, 4)
+static ap_status fail(struct ld *ld, const struct src *at, const char *fmt, ...)
+{
+    char why[AP_ERROR_MSG_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why, sizeof(why), fmt, ap);
+    va_end(ap);
+    if (at->env)
+        return ap_error_set(ld->err, AP_EINVAL, "%s: %s", at->label, why);
+    unsigned line = ap__config_yindex_line(ld->ix, at->label, 0);
+    if (line == 0)
+        return ap_error_set(ld->err, AP_EINVAL, "%s: %s: %s", ld->name, at->label, why);
+    return ap_error_set(ld->err, AP_EINVAL, "%s:%u: %s: %s", ld->name, line, at->label, why);
+}
+
+/* A file path like "providers[2].type", into a caller's buffer. */
+AP_PRINTF(3, 4)
+static const char *pathf(char *buf, size_t cap, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, cap, fmt, ap);
+    va_end(ap);
+    return buf;
+}
+
+/* Config strings are bounded by CONFIG_MAX_BYTES (or the environment): aborting allocations. */
+static char *xstrdup(const char *s)
+{
+    size_t n = strlen(s) + 1;
+    char *p = ap__xmalloc(n);
+    memcpy(p, s, n);
+    return p;
+}
+
+static void set_str(char **slot, const char *s)
+{
+    free(*slot);
+    *slot = s ? xstrdup(s) : NULL;
+}
+
+AP_PRINTF(2, 3)
+static void warn(ap_config *cfg, const char *fmt, ...)
+{
+    char line[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof(line), fmt, ap);
+    va_end(ap);
+    char **w = realloc(cfg->warnings, (cfg->n_warnings + 1) * sizeof(*w));
+    if (w == NULL) {
+        fprintf(stderr, "aperture: out of memory\n");
+        abort();
+    }
+    cfg->warnings = w;
+    cfg->warnings[cfg->n_warnings++] = xstrdup(line);
+}
+
+/* ---- value parsers: NULL on success, else why (a static string) --------------------------- */
+
+static const char *parse_uint(const char *t, uint64_t *out)
+{
+    while (*t == ' ' || *t == '\t')
+        t++;
+    if (*t == '-')
+        return "must not be negative";
+    if (!isdigit((unsigned char)*t))
+        return "expected a whole number";
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(t, &end, 10);
+    while (*end == ' ' || *end == '\t')
+        end++;
+    if (*end != '\0')
+        return "expected a whole number";
+    if (errno == ERANGE)
+        return "is too large";
+    *out = (uint64_t)v;
+    return NULL;
+}
+
+static const char *parse_real(const char *t, double *out)
+{
+    while (*t == ' ' || *t == '\t')
+        t++;
+    if (*t == '-')
+        return "must not be negative";
+    if (!isdigit((unsigned char)*t) && *t != '.')
+        return "expected a number";
+    char *end;
+    errno = 0;
+    double v = strtod(t, &end);
+    while (*end == ' ' || *end == '\t')
+        end++;
+    if (*end != '\0' || end == t)
+        return "expected a number";
+    if (errno == ERANGE || !isfinite(v))
+        return "is out of range";
+    *out = v;
+    return NULL;
+}
+
+static const char *parse_bool(const char *t, bool *out)
+{
+    static const char *const yes[] = {"true", "yes", "on", "1"};
+    static const char *const no[] = {"false", "no", "off", "0"};
+    for (size_t i = 0; i < 4; i++) {
+        if (strcasecmp(t, yes[i]) == 0) {
+            *out = true;
+            return NULL;
+        }
+        if (strcasecmp(t, no[i]) == 0) {
+            *out = false;
+            return NULL;
+        }
+    }
+    return "expected true or false";
+}
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* HOST:PORT as the server takes it: host may be empty (all interfaces), IPv6 in brackets. */
+static const char *check_listen(const char *s)
+{
+    const char *colon = strrchr(s, ':');
+    if (colon == NULL || colon[1] == '\0')
+        return "expected HOST:PORT, e.g. 127.0.0.1:8080";
+    if (s[0] == '[' ? colon[-1] != ']' : memchr(s, ':', (size_t)(colon - s)) != NULL)
+        return "expected HOST:PORT with an IPv6 host in brackets, e.g. [::1]:8080";
+    uint64_t port;
+    if (parse_uint(colon + 1, &port) != NULL || port > 65535)
+        return "the port must be a number from 0 to 65535";
+    return NULL;
+}
+
+/* http(s)://HOST... ; not quoted back in messages (a URL may carry credentials). */
+static const char *check_url(const char *s)
+{
+    size_t skip = strncmp(s, "https://", 8) == 0 ? 8 : strncmp(s, "http://", 7) == 0 ? 7 : 0;
+    if (skip == 0)
+        return "must start with http:// or https://";
+    if (s[skip] == '\0' || s[skip] == '/')
+        return "has no host";
+    for (const char *p = s; *p; p++)
+        if ((unsigned char)*p <= ' ')
+            return "must not contain spaces or control characters";
+    return NULL;
+}
+
+/* An environment variable's name. The value is never echoed: it may be the key itself. */
+static bool is_env_name(const char *s)
+{
+    if (!(isalpha((unsigned char)*s) || *s == '_'))
+        return false;
+    for (; *s; s++)
+        if (!(isalnum((unsigned char)*s) || *s == '_'))
+            return false;
+    return true;
+}
+
+/* Names of providers, models and tasks: printable, no spaces, at most 128 bytes. */
+static const char *check_name(const char *s)
+{
+    if (s == NULL || *s == '\0')
+        return "must not be empty";
+    if (strlen(s) > 128)
+        return "is longer than 128 bytes";
+    for (; *s; s++)
+        if ((unsigned char)*s <= ' ' || *s == 0x7f)
+            return "must not contain spaces or control characters";
+    return NULL;
+}
+
+static const char *check_sha256_hex(const char *s)
+{
+    size_t n = strlen(s);
+    if (n != 64)
+        return "expected the SHA-256 of the key as 64 hex digits (store the hash, not the key)";
+    for (size_t i = 0; i < n; i++)
+        if (hexval(s[i]) < 0)
+            return "expected the SHA-256 of the key as 64 hex digits (store the hash, not the key)";
+    return NULL;
+}
+
+static const char *check_host(const char *s)
+{
+    if (*s == '\0')
+        return "must not be empty";
+    for (; *s; s++)
+        if ((unsigned char)*s <= ' ' || *s == '/' || *s == '@')
+            return "expected a host name, not a URL";
+    return NULL;
+}
+
+static bool target_known(const char *t)
+{
+    for (const char *const *n = ap_prep_targets(); *n != NULL; n++)
+        if (strcmp(*n, t) == 0)
+            return true;
+    return false;
+}
+
+/* "default, anthropic, ..." for messages. */
+static void target_list(char *buf, size_t cap)
+{
+    size_t len = 0;
+    buf[0] = '\0';
+    for (const char *const *n = ap_prep_targets(); *n != NULL && len < cap; n++) {
+        int w = snprintf(buf + len, cap - len, "%s%s", len ? ", " : "", *n);
+        if (w > 0)
+            len += (size_t)w;
+    }
+}
+
+/* ---- applying one setting ----------------------------------------------------------------- */
+
+static uint64_t kind_limit(enum kind k)
+{
+    switch (k) {
+    case K_SIZE:
+        return SIZE_MAX;
+    case K_INT:
+        return INT_MAX;
+    case K_LONG:
+        return LONG_MAX;
+    case K_U8:
+        return UINT8_MAX;
+    case K_U32:
+        return UINT32_MAX;
+    default:
+        return UINT64_MAX;
+    }
+}
+
+/* Replace the list setting s with items (validated; hashes lowercased). */
+static ap_status apply_list(struct ld *ld, const struct setting *s, char *const *items, size_t n,
+                            const struct src *at)
+{
+    char ***slot = (char ***)((char *)ld->cfg + s->off);
+    size_t *count = (size_t *)((char *)ld->cfg + s->off_n);
+    char path[96];
+    for (size_t i = 0; i < n; i++) {
+        const char *why = s->kind == K_HASHES ? check_sha256_hex(items[i]) : check_host(items[i]);
+        if (why != NULL) {
+            struct src item = *at;
+            if (!at->env)
+                item.label = pathf(path, sizeof(path), "%s[%zu]", at->label, i);
+            return at->env ? fail(ld, &item, "entry %zu %s", i + 1, why)
+                           : fail(ld, &item, "%s", why);
+        }
+    }
+    /* Copy first: items may point into the list being replaced (env_list appending). */
+    char **fresh = n ? ap__xcalloc(n, sizeof(char *)) : NULL;
+    for (size_t i = 0; i < n; i++) {
+        fresh[i] = xstrdup(items[i]);
+        if (s->kind == K_HASHES)
+            for (char *c = fresh[i]; *c; c++)
+                *c = (char)tolower((unsigned char)*c);
+    }
+    for (size_t i = 0; i < *count; i++)
+        free((*slot)[i]);
+    free(*slot);
+    *slot = fresh;
+    *count = n;
+    return AP_OK;
+}
+
+/* Parse text as setting s and store it in ld->cfg. */
+static ap_status apply(struct ld *ld, const struct setting *s, const char *text,
+                       const struct src *at)
+{
+    void *field = (char *)ld->cfg + s->off;
+    const char *why = NULL;
+    uint64_t u = 0;
+    double d = 0;
+    bool b = false;
+
+    switch (s->kind) {
+    case K_LISTEN:
+        if ((why = check_listen(text)) != NULL)
+            return fail(ld, at, "%s", why);
+        set_str(field, text);
+        return AP_OK;
+    case K_MODEL:
+        if ((why = check_name(text)) != NULL)
+            return fail(ld, at, "%s", why);
+        set_str(field, text);
+        return AP_OK;
+    case K_STR:
+        set_str(field, text);
+        return AP_OK;
+    case K_SIZE:
+    case K_INT:
+    case K_LONG:
+    case K_U8:
+    case K_U32:
+    case K_U64: {
+        uint64_t lim = s->max ? s->max : kind_limit(s->kind);
+        if ((why = parse_uint(text, &u)) != NULL)
+            return fail(ld, at, "%s", why);
+        if (u < s->min)
+            return fail(ld, at, "must be at least %llu", (unsigned long long)s->min);
+        if (u > lim)
+            return fail(ld, at, "must be at most %llu", (unsigned long long)lim);
+        switch (s->kind) {
+        case K_SIZE:
+            *(size_t *)field = (size_t)u;
+            break;
+        case K_INT:
+            *(int *)field = (int)u;
+            break;
+        case K_LONG:
+            *(long *)field = (long)u;
+            break;
+        case K_U8:
+            *(uint8_t *)field = (uint8_t)u;
+            break;
+        case K_U32:
+            *(uint32_t *)field = (uint32_t)u;
+            break;
+        default:
+            *(uint64_t *)field = u;
+            break;
+        }
+        return AP_OK;
+    }
+    case K_RATE:
+        if ((why = parse_real(text, &d)) != NULL)
+            return fail(ld, at, "%s", why);
+        *(double *)field = d;
+        return AP_OK;
+    case K_BOOL:
+        if ((why = parse_bool(text, &b)) != NULL)
+            return fail(ld, at, "%s", why);
+        *(bool *)field = b;
+        return AP_OK;
+    case K_ENCODING:
+        if (strcasecmp(text, "jpeg") == 0 || strcasecmp(text, "jpg") == 0)
+            *(ap_encoding *)field = AP_ENC_JPEG;
+        else if (strcasecmp(text, "png") == 0)
+            *(ap_encoding *)field = AP_ENC_PNG;
+        else if (strcasecmp(text, "webp") == 0)
+            *(ap_encoding *)field = AP_ENC_WEBP;
+        else
+            return fail(ld, at, "unknown value \"%.32s\" (expected jpeg, png or webp)", text);
+        return AP_OK;
+    case K_COLOR: {
+        const char *h = text[0] == '#' ? text + 1 : text;
+        uint8_t *rgb = field;
+        if (strlen(h) != 6)
+            return fail(ld, at, "expected a colour as #rrggbb");
+        for (int i = 0; i < 6; i++)
+            if (hexval(h[i]) < 0)
+                return fail(ld, at, "expected a colour as #rrggbb");
+        for (int i = 0; i < 3; i++)
+            rgb[i] = (uint8_t)(hexval(h[2 * i]) * 16 + hexval(h[2 * i + 1]));
+        return AP_OK;
+    }
+    case K_HASHES:
+    case K_HOSTS:
+        break; /* lists go through apply_list() */
+    }
+    return ap_error_set(ld->err, AP_EINTERNAL, "config: setting \"%s\" has no parser", s->key);
+}
+
+/* ---- defaults ------------------------------------------------------------------------------ */
+
+static void defaults(ap_config *c)
+{
+    c->listen = xstrdup(DEFAULT_LISTEN);
+    c->max_body_bytes = (size_t)64 << 20;
+    c->workers = 0;
+    c->default_model = xstrdup("local");
+    ap_prep_opts_init(&c->prep);
+    c->ocr_max_edge = 4000;
+    c->fetch_timeout_ms = 10000;
+    c->fetch_max_bytes = 0; /* = prep.max_input_bytes, filled at the end */
+}
+
+/* ---- providers, models, tasks from the file ------------------------------------------------ */
+
+static const struct builtin *builtin_for_type(ap_provider_type t)
+{
+    for (size_t i = 0; i < sizeof(builtins) / sizeof(builtins[0]); i++)
+        if (builtins[i].type == t)
+            return &builtins[i];
+    return NULL;
+}
+
+static const ap_provider_conf *find_provider(const ap_config *c, const char *name)
+{
+    for (size_t i = 0; i < c->n_providers; i++)
+        if (strcmp(c->providers[i].name, name) == 0)
+            return &c->providers[i];
+    return NULL;
+}
+
+/* A positive whole number of milliseconds from the file into *out. */
+static ap_status file_ms(struct ld *ld, const char *text, const char *path, long *out)
+{
+    uint64_t u;
+    const char *why = parse_uint(text, &u);
+    struct src at = {path, false};
+    if (why != NULL)
+        return fail(ld, &at, "%s", why);
+    if (u < 1 || u > (uint64_t)LONG_MAX)
+        return fail(ld, &at, "must be at least 1");
+    *out = (long)u;
+    return AP_OK;
+}
+
+static ap_status load_provider(struct ld *ld, size_t i, const struct raw_provider *r)
+{
+    ap_config *c = ld->cfg;
+    ap_provider_conf *p = &c->providers[c->n_providers];
+    char path[96];
+    struct src at = {path, false};
+    const char *why;
+    ap_status rc;
+
+    pathf(path, sizeof(path), "providers[%zu].name", i);
+    if ((why = check_name(r->name)) != NULL)
+        return fail(ld, &at, "%s", why);
+    for (size_t j = 0; j < c->n_providers; j++)
+        if (strcmp(c->providers[j].name, r->name) == 0)
+            return fail(ld, &at, "duplicate provider name \"%s\" (also providers[%zu])", r->name,
+                        j);
+    pathf(path, sizeof(path), "providers[%zu].type", i);
+    size_t t = 0;
+    while (t < sizeof(type_names) / sizeof(type_names[0]) &&
+           (r->type == NULL || strcmp(r->type, type_names[t]) != 0))
+        t++;
+    if (t == sizeof(type_names) / sizeof(type_names[0]))
+        return fail(ld, &at,
+                    "unknown value \"%.32s\" (expected openai, anthropic, gemini, "
+                    "openai-compatible or local)",
+                    r->type ? r->type : "");
+    ap_provider_type type = (ap_provider_type)t;
+    if (strcmp(r->name, "local") == 0 && type != AP_PROVIDER_LOCAL) {
+        pathf(path, sizeof(path), "providers[%zu].name", i);
+        return fail(ld, &at, "\"local\" is the offline provider's name; its type must be local");
+    }
+
+    /* The entry is ours from here: anything allocated is freed with the config. */
+    memset(p, 0, sizeof(*p));
+    p->name = xstrdup(r->name);
+    p->type = type;
+    p->connect_timeout_ms = DEFAULT_CONNECT_TIMEOUT_MS;
+    p->timeout_ms = DEFAULT_TIMEOUT_MS;
+    c->n_providers++;
+
+    const struct builtin *b = builtin_for_type(type);
+    if (r->base_url != NULL) {
+        pathf(path, sizeof(path), "providers[%zu].base_url", i);
+        if (type == AP_PROVIDER_LOCAL)
+            return fail(ld, &at, "the local provider takes no base_url");
+        if ((why = check_url(r->base_url)) != NULL)
+            return fail(ld, &at, "%s", why);
+        p->base_url = xstrdup(r->base_url);
+    } else if (type == AP_PROVIDER_OPENAI_COMPAT) {
+        pathf(path, sizeof(path), "providers[%zu].base_url", i);
+        return fail(ld, &at, "missing (required for openai-compatible providers)");
+    }
+    /* Types with a built-in default get it (or its *_BASE_URL variable) in finish_providers. */
+
+    if (r->api_key_env != NULL) {
+        pathf(path, sizeof(path), "providers[%zu].api_key_env", i);
+        if (type == AP_PROVIDER_LOCAL)
+            return fail(ld, &at, "the local provider takes no api_key_env");
+        if (!is_env_name(r->api_key_env))
+            return fail(ld, &at,
+                        "not a variable name (name the variable that holds the key, not the key)");
+        p->api_key_env = xstrdup(r->api_key_env);
+    } else if (b != NULL) {
+        p->api_key_env = xstrdup(b->key_env);
+    }
+
+    if (r->connect_timeout_ms != NULL &&
+        (rc = file_ms(ld, r->connect_timeout_ms,
+                      pathf(path, sizeof(path), "providers[%zu].connect_timeout_ms", i),
+                      &p->connect_timeout_ms)) != AP_OK)
+        return rc;
+    if (r->timeout_ms != NULL &&
+        (rc = file_ms(ld, r->timeout_ms, pathf(path, sizeof(path), "providers[%zu].timeout_ms", i),
+                      &p->timeout_ms)) != AP_OK)
+        return rc;
+    return AP_OK;
+}
+
+/* A price or other non-negative number from the file. */
+static ap_status file_real(struct ld *ld, const char *text, const char *path, double *out)
+{
+    struct src at = {path, false};
+    const char *why = parse_real(text, out);
+    return why ? fail(ld, &at, "%s", why) : AP_OK;
+}
+
+static ap_status load_patch(struct ld *ld, size_t i, const struct raw_patch *r, ap_model_conf *m)
+{
+    char path[96];
+    struct src at = {path, false};
+    const char *why;
+    uint64_t u;
+    double d;
+
+    m->has_token_patch = true;
+    m->token_patch = ap_tokens_generic_default();
+    m->token_patch.extra_tokens = 0;
+    pathf(path, sizeof(path), "models[%zu].token_patch.patch_px", i);
+    if ((why = parse_uint(r->patch_px ? r->patch_px : "", &u)) != NULL)
+        return fail(ld, &at, "%s", why);
+    if (u < 1 || u > 65535)
+        return fail(ld, &at, "must be from 1 to 65535");
+    m->token_patch.patch_px = (uint32_t)u;
+    if (r->max_pixels != NULL) {
+        pathf(path, sizeof(path), "models[%zu].token_patch.max_pixels", i);
+        if ((why = parse_uint(r->max_pixels, &u)) != NULL)
+            return fail(ld, &at, "%s", why);
+        m->token_patch.max_pixels = u;
+    }
+    pathf(path, sizeof(path), "models[%zu].token_patch.tokens_per_patch", i);
+    if ((why = parse_real(r->tokens_per_patch ? r->tokens_per_patch : "", &d)) != NULL)
+        return fail(ld, &at, "%s", why);
+    if (!(d > 0))
+        return fail(ld, &at, "must be greater than 0");
+    m->token_patch.tokens_per_patch = d;
+    if (r->extra_tokens != NULL) {
+        pathf(path, sizeof(path), "models[%zu].token_patch.extra_tokens", i);
+        if ((why = parse_uint(r->extra_tokens, &u)) != NULL)
+            return fail(ld, &at, "%s", why);
+        if (u > UINT32_MAX)
+            return fail(ld, &at, "must be at most %u", UINT32_MAX);
+        m->token_patch.extra_tokens = (uint32_t)u;
+    }
+    return AP_OK;
+}
+
+static ap_status load_model(struct ld *ld, size_t i, const struct raw_model *r)
+{
+    ap_config *c = ld->cfg;
+    ap_model_conf *m = &c->models[c->n_models];
+    char path[96];
+    struct src at = {path, false};
+    const char *why;
+    ap_status rc;
+
+    pathf(path, sizeof(path), "models[%zu].name", i);
+    if ((why = check_name(r->name)) != NULL)
+        return fail(ld, &at, "%s", why);
+    for (size_t j = 0; j < c->n_models; j++)
+        if (strcmp(c->models[j].name, r->name) == 0)
+            return fail(ld, &at, "duplicate model name \"%s\" (also models[%zu])", r->name, j);
+    pathf(path, sizeof(path), "models[%zu].provider", i);
+    if ((why = check_name(r->provider)) != NULL)
+        return fail(ld, &at, "%s", why);
+    /* Whether the provider exists is known once the built-ins are in: check_references(). */
+    if (r->upstream != NULL) {
+        pathf(path, sizeof(path), "models[%zu].upstream", i);
+        if ((why = check_name(r->upstream)) != NULL)
+            return fail(ld, &at, "%s", why);
+    }
+    if (r->target != NULL && !target_known(r->target)) {
+        char list[160];
+        target_list(list, sizeof(list));
+        pathf(path, sizeof(path), "models[%zu].target", i);
+        return fail(ld, &at, "unknown target \"%.32s\" (expected %s)", r->target, list);
+    }
+
+    memset(m, 0, sizeof(*m));
+    m->name = xstrdup(r->name);
+    m->provider = xstrdup(r->provider);
+    m->upstream = xstrdup(r->upstream ? r->upstream : r->name);
+    m->token_model = xstrdup(r->token_model ? r->token_model : m->upstream);
+    m->target = r->target ? xstrdup(r->target) : NULL; /* default by type: check_references() */
+    m->usd_per_mtok_in = m->usd_per_mtok_out = -1;
+    c->n_models++;
+
+    if (r->usd_per_mtok_in != NULL &&
+        (rc = file_real(ld, r->usd_per_mtok_in,
+                        pathf(path, sizeof(path), "models[%zu].usd_per_mtok_in", i),
+                        &m->usd_per_mtok_in)) != AP_OK)
+        return rc;
+    if (r->usd_per_mtok_out != NULL &&
+        (rc = file_real(ld, r->usd_per_mtok_out,
+                        pathf(path, sizeof(path), "models[%zu].usd_per_mtok_out", i),
+                        &m->usd_per_mtok_out)) != AP_OK)
+        return rc;
+    if (r->token_patch != NULL && (rc = load_patch(ld, i, r->token_patch, m)) != AP_OK)
+        return rc;
+    return AP_OK;
+}
+
+static ap_status load_task(struct ld *ld, size_t i, const struct raw_task *r)
+{
+    ap_config *c = ld->cfg;
+    ap_task_conf *t = &c->tasks[c->n_tasks];
+    char path[96];
+    struct src at = {path, false};
+    const char *why;
+
+    pathf(path, sizeof(path), "tasks[%zu].name", i);
+    if ((why = check_name(r->name)) != NULL)
+        return fail(ld, &at, "%s", why);
+    for (size_t j = 0; j < c->n_tasks; j++)
+        if (strcmp(c->tasks[j].name, r->name) == 0)
+            return fail(ld, &at, "duplicate task name \"%s\" (also tasks[%zu])", r->name, j);
+    if (r->model != NULL) {
+        pathf(path, sizeof(path), "tasks[%zu].model", i);
+        if ((why = check_name(r->model)) != NULL)
+            return fail(ld, &at, "%s", why);
+    }
+    pathf(path, sizeof(path), "tasks[%zu].prompt", i);
+    if (r->prompt == NULL || r->prompt[0] == '\0')
+        return fail(ld, &at, "must not be empty");
+
+    memset(t, 0, sizeof(*t));
+    t->name = xstrdup(r->name);
+    t->model = r->model ? xstrdup(r->model) : NULL; /* default_model: check_references() */
+    t->prompt = xstrdup(r->prompt);
+    t->prompt_version = xstrdup(r->prompt_version ? r->prompt_version : "1");
+    c->n_tasks++;
+    return AP_OK;
+}
+
+static ap_status load_file(struct ld *ld, const struct raw_top *r)
+{
+    ap_config *c = ld->cfg;
+    ap_status rc;
+
+    for (size_t i = 0; i < N_SETTINGS; i++) {
+        const struct setting *s = &settings[i];
+        struct src at = {s->key, false};
+        if ((s->kind == K_HASHES || s->kind == K_HOSTS) && r->list[i] != NULL)
+            rc = apply_list(ld, s, r->list[i], r->list_n[i], &at);
+        else if (r->scalar[i] != NULL)
+            rc = apply(ld, s, r->scalar[i], &at);
+        else
+            rc = AP_OK;
+        if (rc != AP_OK)
+            return rc;
+    }
+    /* Room for the built-ins after the file's providers (finish_providers). */
+    c->providers = ap__xcalloc(r->providers_count + 4, sizeof(*c->providers));
+    for (size_t i = 0; i < r->providers_count; i++)
+        if ((rc = load_provider(ld, i, &r->providers[i])) != AP_OK)
+            return rc;
+    ld->n_file_providers = c->n_providers;
+    c->models = r->models_count ? ap__xcalloc(r->models_count, sizeof(*c->models)) : NULL;
+    for (size_t i = 0; i < r->models_count; i++)
+        if ((rc = load_model(ld, i, &r->models[i])) != AP_OK)
+            return rc;
+    c->tasks = r->tasks_count ? ap__xcalloc(r->tasks_count, sizeof(*c->tasks)) : NULL;
+    for (size_t i = 0; i < r->tasks_count; i++)
+        if ((rc = load_task(ld, i, &r->tasks[i])) != AP_OK)
+            return rc;
+    return AP_OK;
+}
+
+/* ---- the environment ----------------------------------------------------------------------- */
+
+static const char *env(const char *name)
+{
+    const char *v = getenv(name);
+    return v != NULL && v[0] != '\0' ? v : NULL;
+}
+
+/* Split a comma-separated value into trimmed, non-empty items (pointing into buf). */
+static size_t split_commas(char *buf, char **items, size_t cap)
+{
+    size_t n = 0;
+    for (char *s = buf; s != NULL && n < cap;) {
+        char *comma = strchr(s, ',');
+        if (comma)
+            *comma = '\0';
+        while (*s == ' ' || *s == '\t')
+            s++;
+        size_t l = strlen(s);
+        while (l > 0 && (s[l - 1] == ' ' || s[l - 1] == '\t'))
+            s[--l] = '\0';
+        if (l > 0)
+            items[n++] = s;
+        s = comma ? comma + 1 : NULL;
+    }
+    return n;
+}
+
+/* Apply a comma list from variable var to list setting s (append: add to what is there). */
+static ap_status env_list(struct ld *ld, const struct setting *s, const char *var,
+                          const char *value, bool plaintext_keys, bool append)
+{
+    ap_status rc = AP_OK;
+    size_t len = strlen(value);
+    char *buf = ap__xmalloc(len + 1);
+    size_t cap = len / 2 + 1; /* at most one item per two bytes ("a,b,c") */
+    char **items = ap__xcalloc(cap, sizeof(char *));
+    char **hexes = NULL;
+    struct src at = {var, true};
+    char ***slot = (char ***)((char *)ld->cfg + s->off);
+    size_t *count = (size_t *)((char *)ld->cfg + s->off_n);
+
+    memcpy(buf, value, len + 1);
+    size_t n = split_commas(buf, items, cap);
+    if (plaintext_keys) {
+        /* APERTURE_CLIENT_KEYS holds the keys themselves: hash them, and never echo them. */
+        hexes = ap__xcalloc(n ? n : 1, sizeof(char *));
+        for (size_t i = 0; i < n; i++) {
+            uint8_t d[AP_SHA256_LEN];
+            hexes[i] = ap__xmalloc(65);
+            if ((rc = ap_sha256((const uint8_t *)items[i], strlen(items[i]), d, ld->err)) != AP_OK)
+                goto out;
+            ap_sha256_hex(d, hexes[i]);
+            items[i] = hexes[i];
+        }
+    }
+    if (n == 0) {
+        rc = fail(ld, &at, "no entries (expected a comma-separated list)");
+        goto out;
+    }
+    if (append && *count > 0) {
+        /* Keep what is there: validate the new ones, then extend. */
+        char **all = ap__xcalloc(*count + n, sizeof(char *));
+        for (size_t i = 0; i < *count; i++)
+            all[i] = (*slot)[i];
+        for (size_t i = 0; i < n; i++)
+            all[*count + i] = items[i];
+        rc = apply_list(ld, s, all, *count + n, &at);
+        free(all);
+    } else {
+        rc = apply_list(ld, s, items, n, &at);
+    }
+out:
+    if (hexes != NULL) {
+        for (size_t i = 0; i < n; i++)
+            free(hexes[i]);
+        free(hexes);
+    }
+    /* The plaintext keys were in buf: wipe them before it goes back to the allocator. */
+    volatile char *w = buf;
+    for (size_t i = 0; i < len; i++)
+        w[i] = 0;
+    free(buf);
+    free(items);
+    return rc;
+}
+
+static ap_status load_env(struct ld *ld)
+{
+    ap_status rc;
+    char var[64];
+    const struct setting *hashes = NULL;
+    bool hashes_set = false;
+
+    /* MAX_IMAGE_SIZE_MB first, so APERTURE_MAX_IMAGE_BYTES (below) wins over it. */
+    const char *mb = env("MAX_IMAGE_SIZE_MB");
+    if (mb != NULL) {
+        struct src at = {"MAX_IMAGE_SIZE_MB", true};
+        double d;
+        const char *why = parse_real(mb, &d);
+        if (why != NULL)
+            return fail(ld, &at, "%s", why);
+        if (!(d > 0) || d * 1048576.0 >= (double)SIZE_MAX)
+            return fail(ld, &at, "must be a positive number of MiB");
+        ld->cfg->prep.max_input_bytes = (size_t)(d * 1048576.0);
+    }
+    for (size_t i = 0; i < N_SETTINGS; i++) {
+        const struct setting *s = &settings[i];
+        size_t k = (size_t)snprintf(var, sizeof(var), "APERTURE_");
+        for (const char *c = s->key; *c && k + 1 < sizeof(var); c++)
+            var[k++] = (char)toupper((unsigned char)*c);
+        var[k] = '\0';
+        const char *v = env(var);
+        if (s->kind == K_HASHES)
+            hashes = s;
+        if (v == NULL)
+            continue;
+        if (s->kind == K_HASHES || s->kind == K_HOSTS) {
+            rc = env_list(ld, s, var, v, false, false);
+            hashes_set = hashes_set || s->kind == K_HASHES;
+        } else {
+            struct src at = {var, true};
+            rc = apply(ld, s, v, &at);
+            if (rc == AP_OK && s->kind == K_MODEL)
+                ld->default_model_env = "APERTURE_DEFAULT_MODEL";
+        }
+        if (rc != AP_OK)
+            return rc;
+    }
+    const char *keys = env("APERTURE_CLIENT_KEYS");
+    if (keys != NULL && AP_ALWAYS(hashes != NULL) &&
+        (rc = env_list(ld, hashes, "APERTURE_CLIENT_KEYS", keys, true, hashes_set)) != AP_OK)
+        return rc;
+    return AP_OK;
+}
+
+/* ---- built-in providers, keys, references -------------------------------------------------- */
+
+static bool is_prefix(const char *s, const char *p)
+{
+    return strncmp(s, p, strlen(p)) == 0;
+}
+
+/*
+ * Add the zero-config providers the file did not declare, give providers of those types their
+ * default base URL, and read every key variable. A provider the file declared whose variable
+ * is unset is disabled with a warning; a built-in one just stays disabled.
+ */
+static ap_status finish_providers(struct ld *ld)
+{
+    ap_config *c = ld->cfg;
+    for (size_t i = 0; i < sizeof(builtins) / sizeof(builtins[0]); i++) {
+        const struct builtin *b = &builtins[i];
+        const char *url = env(b->url_env);
+        const char *why;
+        if (url != NULL && (why = check_url(url)) != NULL) {
+            struct src at = {b->url_env, true};
+            return fail(ld, &at, "%s", why);
+        }
+        if (find_provider(c, b->name) == NULL) {
+            ap_provider_conf *p = &c->providers[c->n_providers++];
+            memset(p, 0, sizeof(*p));
+            p->name = xstrdup(b->name);
+            p->type = b->type;
+            p->api_key_env = xstrdup(b->key_env);
+            p->connect_timeout_ms = DEFAULT_CONNECT_TIMEOUT_MS;
+            p->timeout_ms = DEFAULT_TIMEOUT_MS;
+        }
+    }
+    if (find_provider(c, "local") == NULL) {
+        ap_provider_conf *p = &c->providers[c->n_providers++];
+        memset(p, 0, sizeof(*p));
+        p->name = xstrdup("local");
+        p->type = AP_PROVIDER_LOCAL;
+        p->connect_timeout_ms = DEFAULT_CONNECT_TIMEOUT_MS;
+        p->timeout_ms = DEFAULT_TIMEOUT_MS;
+    }
+    for (size_t i = 0; i < c->n_providers; i++) {
+        ap_provider_conf *p = &c->providers[i];
+        const struct builtin *b = builtin_for_type(p->type);
+        if (p->base_url == NULL && b != NULL)
+            p->base_url = xstrdup(env(b->url_env) ? env(b->url_env) : b->url);
+        if (p->base_url != NULL) {
+            /* Providers append their paths ("/chat/completions"): no trailing slash. */
+            size_t l = strlen(p->base_url);
+            while (l > 0 && p->base_url[l - 1] == '/')
+                p->base_url[--l] = '\0';
+        }
+        p->enabled = true;
+        if (p->api_key_env != NULL) {
+            const char *key = env(p->api_key_env);
+            if (key != NULL) {
+                p->api_key = xstrdup(key);
+            } else {
+                p->enabled = false;
+                if (i < ld->n_file_providers)
+                    warn(c, "provider \"%s\" is disabled: %s is not set", p->name, p->api_key_env);
+            }
+        }
+    }
+    return AP_OK;
+}
+
+enum route_res { R_OK, R_DISABLED, R_NO_PROVIDER, R_UNKNOWN };
+
+/*
+ * Find where name goes. On R_OK and R_DISABLED *prov is the provider (and *model the configured
+ * model, if any); on R_NO_PROVIDER *want is the provider type the prefix asked for.
+ */
+static enum route_res route_find(const ap_config *c, const char *name, const ap_model_conf **model,
+                                 const ap_provider_conf **prov, ap_provider_type *want)
+{
+    *model = NULL;
+    *prov = NULL;
+    for (size_t i = 0; i < c->n_models; i++) {
+        if (strcmp(c->models[i].name, name) != 0)
+            continue;
+        *model = &c->models[i];
+        *prov = find_provider(c, c->models[i].provider);
+        if (AP_NEVER(*prov == NULL))
+            return R_UNKNOWN; /* check_references() refuses such a config */
+        return (*prov)->enabled ? R_OK : R_DISABLED;
+    }
+    if (strcmp(name, "local") == 0) {
+        *prov = find_provider(c, "local");
+        return *prov != NULL ? R_OK : R_UNKNOWN;
+    }
+    for (size_t i = 0; i < sizeof(prefixes) / sizeof(prefixes[0]); i++) {
+        if (!is_prefix(name, prefixes[i].prefix))
+            continue;
+        *want = prefixes[i].type;
+        for (size_t j = 0; j < c->n_providers; j++) {
+            if (c->providers[j].type != *want)
+                continue;
+            if (c->providers[j].enabled) {
+                *prov = &c->providers[j];
+                return R_OK;
+            }
+            if (*prov == NULL)
+                *prov = &c->providers[j];
+        }
+        return *prov != NULL ? R_DISABLED : R_NO_PROVIDER;
+    }
+    return R_UNKNOWN;
+}
+
+/* Why name does not route, in words (for the route error and the load-time checks). */
+static void route_why(enum route_res res, const char *name, const ap_provider_conf *p,
+                      ap_provider_type want, char *buf, size_t cap)
+{
+    switch (res) {
+    case R_OK:
+        buf[0] = '\0';
+        return;
+    case R_DISABLED:
+        snprintf(buf, cap, "model \"%.48s\": provider \"%s\" is not enabled: set %s", name, p->name,
+                 p->api_key_env ? p->api_key_env : "its key variable");
+        return;
+    case R_NO_PROVIDER:
+        snprintf(buf, cap,
+                 "model \"%.48s\": no %s provider is configured (add one under providers)", name,
+                 ap_provider_type_name(want));
+        return;
+    case R_UNKNOWN:
+        snprintf(buf, cap,
+                 "no route for model \"%.48s\": add it under models, or start it with " PREFIX_HELP,
+                 name);
+        return;
+    }
+}
+
+/*
+ * A model name the config itself uses (default_model, a task's model) must route to something
+ * that exists; a provider that is merely disabled is a warning.
+ */
+static ap_status check_route(struct ld *ld, const char *name, const struct src *at,
+                             const char *what)
+{
+    const ap_model_conf *m;
+    const ap_provider_conf *p;
+    ap_provider_type want = AP_PROVIDER_LOCAL;
+    char why[224];
+    enum route_res res = route_find(ld->cfg, name, &m, &p, &want);
+    if (res == R_OK)
+        return AP_OK;
+    route_why(res, name, p, want, why, sizeof(why));
+    if (res == R_DISABLED) {
+        warn(ld->cfg, "%s: %s", what, why);
+        return AP_OK;
+    }
+    return fail(ld, at, "%s", why);
+}
+
+static ap_status check_references(struct ld *ld)
+{
+    ap_config *c = ld->cfg;
+    char path[96];
+    struct src at = {path, false};
+    ap_status rc;
+
+    for (size_t i = 0; i < c->n_models; i++) {
+        ap_model_conf *m = &c->models[i];
+        const ap_provider_conf *p = find_provider(c, m->provider);
+        if (p == NULL) {
+            pathf(path, sizeof(path), "models[%zu].provider", i);
+            return fail(ld, &at, "no provider named \"%s\"", m->provider);
+        }
+        if (m->target == NULL)
+            m->target = xstrdup(ap_provider_default_target(p->type));
+    }
+    struct src dm = {ld->default_model_env ? ld->default_model_env : "default_model",
+                     ld->default_model_env != NULL};
+    if ((rc = check_route(ld, c->default_model, &dm, "default_model")) != AP_OK)
+        return rc;
+    for (size_t i = 0; i < c->n_tasks; i++) {
+        ap_task_conf *t = &c->tasks[i];
+        char what[160];
+        snprintf(what, sizeof(what), "task \"%s\"", t->name);
+        if (t->model == NULL) {
+            t->model = xstrdup(c->default_model);
+            continue; /* checked above */
+        }
+        pathf(path, sizeof(path), "tasks[%zu].model", i);
+        if ((rc = check_route(ld, t->model, &at, what)) != AP_OK)
+            return rc;
+    }
+    return AP_OK;
+}
+
+/* ---- public API ---------------------------------------------------------------------------- */
+
+void ap_config_free(ap_config *c)
+{
+    if (c == NULL)
+        return;
+    free(c->listen);
+    for (size_t i = 0; i < c->n_client_keys; i++)
+        free(c->client_key_sha256[i]);
+    free(c->client_key_sha256);
+    for (size_t i = 0; i < c->n_providers; i++) {
+        ap_provider_conf *p = &c->providers[i];
+        if (p->api_key != NULL) {
+            volatile char *w = p->api_key;
+            for (size_t k = 0; w[k] != '\0'; k++)
+                w[k] = 0;
+        }
+        free(p->api_key);
+        free(p->name);
+        free(p->base_url);
+        free(p->api_key_env);
+    }
+    free(c->providers);
+    for (size_t i = 0; i < c->n_models; i++) {
+        free(c->models[i].name);
+        free(c->models[i].provider);
+        free(c->models[i].upstream);
+        free(c->models[i].token_model);
+        free(c->models[i].target);
+    }
+    free(c->models);
+    for (size_t i = 0; i < c->n_tasks; i++) {
+        free(c->tasks[i].name);
+        free(c->tasks[i].model);
+        free(c->tasks[i].prompt);
+        free(c->tasks[i].prompt_version);
+    }
+    free(c->tasks);
+    free(c->default_model);
+    for (size_t i = 0; i < c->n_fetch_allow_hosts; i++)
+        free(c->fetch_allow_hosts[i]);
+    free(c->fetch_allow_hosts);
+    free(c->log_file);
+    for (size_t i = 0; i < c->n_warnings; i++)
+        free(c->warnings[i]);
+    free(c->warnings);
+    free(c);
+}
+
+ap_status ap_config_load_buffer(const char *buf, size_t len, const char *name,
+                                const char *argv_listen, ap_config **out, ap_error *err)
+{
+    ap_status rc = AP_OK;
+    struct ap__yindex *ix = NULL;
+    struct raw_top *raw = NULL;
+    struct schema *sc = NULL;
+    ap_config *c = NULL;
+    struct ld ld;
+
+    if (name == NULL)
+        name = "config";
+    if (len > CONFIG_MAX_BYTES)
+        return ap_error_set(err, AP_ETOOLARGE, "%s: larger than %u bytes", name, CONFIG_MAX_BYTES);
+    c = ap__xcalloc(1, sizeof(*c));
+    defaults(c);
+    memset(&ld, 0, sizeof(ld));
+    ld.name = name;
+    ld.cfg = c;
+    ld.err = err;
+
+    if (len > 0) {
+        if ((rc = ap__config_yindex_build(buf, len, name, &ix, err)) != AP_OK)
+            goto out;
+        ld.ix = ix;
+        sc = ap__xmalloc(sizeof(*sc));
+        schema_init(sc);
+        void *data = NULL;
+        if ((rc = ap__config_cyaml_load(buf, len, name, ix, &sc->top, &data, err)) != AP_OK)
+            goto out;
+        raw = data;
+    }
+    if (raw != NULL) {
+        if ((rc = load_file(&ld, raw)) != AP_OK)
+            goto out;
+    } else {
+        c->providers = ap__xcalloc(4, sizeof(*c->providers));
+    }
+    if ((rc = load_env(&ld)) != AP_OK)
+        goto out;
+    if (argv_listen != NULL) {
+        struct src at = {"--listen", true};
+        if ((rc = apply(&ld, &settings[0], argv_listen, &at)) != AP_OK)
+            goto out;
+    }
+    if ((rc = finish_providers(&ld)) != AP_OK)
+        goto out;
+    if ((rc = check_references(&ld)) != AP_OK)
+        goto out;
+    if (c->fetch_max_bytes == 0)
+        c->fetch_max_bytes = c->prep.max_input_bytes;
+    *out = c;
+    c = NULL;
+out:
+    if (raw != NULL)
+        ap__config_cyaml_free(&sc->top, raw);
+    free(sc);
+    ap__config_yindex_free(ix);
+    ap_config_free(c);
+    return rc;
+}
+
+ap_status ap_config_load(const char *path, const char *argv_listen, ap_config **out, ap_error *err)
+{
+    if (path == NULL)
+        path = env("APERTURE_CONFIG");
+    if (path == NULL)
+        return ap_config_load_buffer(NULL, 0, NULL, argv_listen, out, err);
+
+    FILE *f = fopen(path, "rb");
+    if (f == NULL)
+        return ap_error_set(err, AP_EIO, "%s: cannot open: %s", path, strerror(errno));
+    char *buf = ap__xmalloc(CONFIG_MAX_BYTES + 1);
+    size_t len = fread(buf, 1, CONFIG_MAX_BYTES + 1, f);
+    bool bad = ferror(f) != 0;
+    fclose(f);
+    ap_status rc;
+    if (bad)
+        rc = ap_error_set(err, AP_EIO, "%s: read error", path);
+    else if (len > CONFIG_MAX_BYTES)
+        rc = ap_error_set(err, AP_ETOOLARGE, "%s: larger than %u bytes", path, CONFIG_MAX_BYTES);
+    else
+        rc = ap_config_load_buffer(buf, len, path, argv_listen, out, err);
+    free(buf);
+    return rc;
+}
+
+ap_status ap_config_route(const ap_config *cfg, const char *name, const ap_model_conf **model,
+                          const ap_provider_conf **prov, ap_error *err)
+{
+    const ap_model_conf *m;
+    const ap_provider_conf *p;
+    ap_provider_type want = AP_PROVIDER_LOCAL;
+    char why[AP_ERROR_MSG_MAX];
+
+    if (cfg == NULL || name == NULL || name[0] == '\0')
+        return ap_error_set(err, AP_EINVAL, "no model given");
+    enum route_res res = route_find(cfg, name, &m, &p, &want);
+    if (res != R_OK) {
+        route_why(res, name, p, want, why, sizeof(why));
+        return ap_error_set(err, AP_ENOTFOUND, "%s", why);
+    }
+    if (model != NULL)
+        *model = m;
+    if (prov != NULL)
+        *prov = p;
+    return AP_OK;
+}
+
+const ap_task_conf *ap_config_task(const ap_config *cfg, const char *name)
+{
+    if (cfg == NULL || name == NULL)
+        return NULL;
+    for (size_t i = 0; i < cfg->n_tasks; i++)
+        if (strcmp(cfg->tasks[i].name, name) == 0)
+            return &cfg->tasks[i];
+    return NULL;
+}
