@@ -18,11 +18,16 @@ build:
 	@cmake -S . -B $(BUILD) $(CMAKE_GEN) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 	@ninja -C $(BUILD)
 
+# Preprocess the drawn samples (the summary table shows what the pipeline saves), then start
+# the gateway on the embedded default: the offline `local` provider, no key needed.
 run: build
 	@scripts/deps.sh test
 	@$(PY) scripts/make_samples.py samples
 	@mkdir -p samples/out
 	$(BUILD)/aperture prep samples/*.jpg samples/*.png samples/*.webp --out-dir samples/out
+	@echo
+	@echo "gateway: try  curl -s localhost:8080/v1/analyze -F image=@samples/document_a4.png -F task=invoice_extraction"
+	$(BUILD)/aperture serve $(if $(CONFIG),--config $(CONFIG),)
 
 # Quick tier: the normal build only.
 test-quick:

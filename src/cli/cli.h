@@ -16,6 +16,7 @@ enum { AP_EXIT_OK = 0, AP_EXIT_REFUSED = 1, AP_EXIT_USAGE = 2 };
 int cmd_prep(int argc, char **argv);
 int cmd_tokens(int argc, char **argv);
 int cmd_hash(int argc, char **argv);
+int cmd_serve(int argc, char **argv);
 
 /* Read a whole file, refusing more than max_bytes (+1 is read to detect "too large").
  * Returns 0 and a malloc'd buffer, or -1 with a message in msg. */

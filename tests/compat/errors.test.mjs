@@ -177,14 +177,15 @@ test('a JSON body that is not an object: 400', async () => {
   assert.match(r.body.error.message, /object/);
 });
 
-test('oversized body announced by Content-Length: 413 as soon as the headers are in', async () => {
+test('oversized body announced with Expect: 100-continue: 413 as soon as the headers are in', async () => {
+  // A client that asks permission before uploading gets the refusal without sending a byte.
   const sock = connect(gw.port, '127.0.0.1');
   let resp = '';
   sock.setEncoding('latin1');
   sock.on('data', (d) => (resp += d));
   sock.on('error', () => {});
   const closed = new Promise((r) => sock.on('close', r));
-  sock.write(`POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${MAX_BODY + 1}\r\n\r\n`);
+  sock.write(`POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${MAX_BODY + 1}\r\nExpect: 100-continue\r\n\r\n`);
   await Promise.race([closed, new Promise((r) => setTimeout(r, 3000))]);
   sock.destroy();
   assert.match(resp, /^HTTP\/1\.1 413 /);

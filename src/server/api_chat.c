@@ -1,0 +1,805 @@
+/*
+ * api_chat.c - POST /v1/chat/completions (OpenAI dialect) and POST /v1/messages (Anthropic).
+ *
+ * Both dialects become one canonical request (OpenAI chat format); every image part is loaded
+ * (data: URL, or an SSRF-checked fetch), preprocessed for the provider the model routes to, and
+ * put back as a data: URL; the provider translates canonical to its wire format. Answers come
+ * back the same way. A stream from an OpenAI-wire upstream to an OpenAI client is relayed byte
+ * for byte; other pairs are translated chunk by chunk as they arrive.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "aperture/hash.h"
+#include "aperture/prep.h"
+#include "aperture/tokens.h"
+#include "core/core.h"
+#include "net/fetch.h"
+#include "provider/provider.h"
+#include "server/server.h"
+
+/* ---- images ----------------------------------------------------------------------------- */
+
+ap_status ap__b64_decode(const char *s, size_t n, size_t max, uint8_t **out, size_t *out_len)
+{
+    static int8_t tab[256];
+    static int init;
+    if (!init) { /* idempotent; a benign race writes the same bytes */
+        memset(tab, -1, sizeof(tab));
+        const char *a = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        for (int i = 0; i < 64; i++)
+            tab[(unsigned char)a[i]] = (int8_t)i;
+        tab['-'] = 62;
+        tab['_'] = 63;
+        init = 1;
+    }
+    if (n / 4 * 3 > max + 3)
+        return AP_ETOOLARGE;
+    uint8_t *b = malloc(n / 4 * 3 + 3);
+    if (b == NULL)
+        return AP_ENOMEM;
+    size_t o = 0;
+    uint32_t acc = 0;
+    int bits = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '=')
+            break;
+        if (c == ' ' || c == '\n' || c == '\r' || c == '\t')
+            continue;
+        if (tab[c] < 0) {
+            free(b);
+            return AP_EINVAL;
+        }
+        acc = acc << 6 | (uint32_t)tab[c];
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            b[o++] = (uint8_t)(acc >> bits);
+        }
+    }
+    if (o > max) {
+        free(b);
+        return AP_ETOOLARGE;
+    }
+    *out = b;
+    *out_len = o;
+    return AP_OK;
+}
+
+/* Load an image reference: a data: URL (base64) or an http(s) URL fetched safely. */
+ap_status ap__image_load(struct ap__req *r, const char *ref, uint8_t **buf, size_t *len,
+                         ap_error *err)
+{
+    const ap_config *cfg = r->gw->cfg;
+    size_t max = cfg->prep.max_input_bytes ? cfg->prep.max_input_bytes : (64u << 20);
+    if (strncmp(ref, "data:", 5) == 0) {
+        const char *comma = strchr(ref, ',');
+        if (comma == NULL)
+            return ap_error_set(err, AP_EINVAL, "data URL without a comma");
+        const char *b64 = strstr(ref, ";base64");
+        if (b64 == NULL || b64 > comma)
+            return ap_error_set(err, AP_EINVAL, "data URL is not base64-encoded");
+        ap_status rc = ap__b64_decode(comma + 1, strlen(comma + 1), max, buf, len);
+        if (rc == AP_ETOOLARGE)
+            return ap_error_set(err, rc, "image is over the limit of %zu bytes", max);
+        if (rc != AP_OK)
+            return ap_error_set(err, rc, "data URL holds invalid base64");
+        return AP_OK;
+    }
+    if (strncasecmp(ref, "http://", 7) == 0 || strncasecmp(ref, "https://", 8) == 0) {
+        struct ap__fetch_opts fo = {
+            .allow_loopback = cfg->fetch_allow_loopback,
+            .allow_hosts = (const char *const *)cfg->fetch_allow_hosts,
+            .n_allow_hosts = cfg->n_fetch_allow_hosts,
+            .timeout_ms = cfg->fetch_timeout_ms > 0 ? cfg->fetch_timeout_ms : 10000,
+            .max_bytes = cfg->fetch_max_bytes ? cfg->fetch_max_bytes : max,
+        };
+        return ap__fetch(&fo, ref, buf, len, NULL, err);
+    }
+    return ap_error_set(err, AP_EINVAL, "image URL must be a data: URL or http(s)");
+}
+
+/* The preprocessing target for a model on a provider (config first). */
+static const char *target_for(const ap_model_conf *m, const ap_provider_conf *p,
+                              const char *detail)
+{
+    if (m && m->target)
+        return m->target;
+    switch (p->type) {
+    case AP_PROVIDER_OPENAI:
+        return detail && strcmp(detail, "low") == 0 ? "openai-low" : "openai-high";
+    case AP_PROVIDER_ANTHROPIC: return "anthropic";
+    case AP_PROVIDER_GEMINI: return "gemini";
+    default: return "default";
+    }
+}
+
+/*
+ * Preprocess one image for target and record its facts on the request. token_model may be
+ * NULL (no estimate). On success res holds the output (release it).
+ */
+ap_status ap__image_prep(struct ap__req *r, const uint8_t *buf, size_t len, const char *target,
+                         const char *token_model, const char *detail, ap_prep_result *res,
+                         ap_error *err)
+{
+    struct ap_gateway *gw = r->gw;
+    ap_prep_opts o = gw->cfg->prep;
+    if (ap_prep_opts_target(&o, target) != AP_OK)
+        return ap_error_set(err, AP_EINVAL, "unknown preprocessing target \"%s\"", target);
+    ap_status rc = ap_prep(buf, len, &o, res, err);
+    if (rc != AP_OK)
+        return rc;
+    r->prep_ms += res->ms.total_ms;
+    ap__metrics_observe(gw->metrics, "aperture_preprocess_duration_seconds", NULL,
+                        res->ms.total_ms / 1e3);
+    ap__metrics_add(gw->metrics, "aperture_image_bytes_total",
+                    (const char *[]){"direction", "in", NULL}, (double)len);
+    ap__metrics_add(gw->metrics, "aperture_image_bytes_total",
+                    (const char *[]){"direction", "out", NULL}, (double)res->out_len);
+    if (r->n_img < sizeof(r->img) / sizeof(r->img[0])) {
+        struct ap__img_facts *f = &r->img[r->n_img++];
+        memcpy(f->sha16, res->sha256_hex, 16);
+        f->sha16[16] = '\0';
+        snprintf(f->format, sizeof(f->format), "%s", ap_format_name(res->in_format));
+        bool swap = res->orientation >= 5;
+        f->in_w = swap ? res->in_height : res->in_width;
+        f->in_h = swap ? res->in_width : res->in_height;
+        f->out_w = res->out_width;
+        f->out_h = res->out_height;
+        f->in_bytes = len;
+        f->out_bytes = res->out_len;
+        f->prep_ms = res->ms.total_ms;
+        f->orientation = res->orientation;
+        ap_meta_describe(res->meta_removed, f->meta_removed, sizeof(f->meta_removed));
+        f->tokens_before = f->tokens_after = -1;
+        ap_tokens_detail d = AP_TOKENS_DETAIL_AUTO;
+        if (detail && ap_tokens_detail_parse(detail, &d) != AP_OK)
+            d = AP_TOKENS_DETAIL_AUTO;
+        ap_tokens_result tr;
+        if (token_model && ap_tokens_estimate(token_model, f->in_w, f->in_h, d, &tr, NULL) == AP_OK)
+            f->tokens_before = (long)tr.tokens;
+        if (token_model &&
+            ap_tokens_estimate(token_model, f->out_w, f->out_h, d, &tr, NULL) == AP_OK) {
+            f->tokens_after = (long)tr.tokens;
+            const char *ml[] = {"model", token_model, NULL};
+            ap__metrics_observe(gw->metrics, "aperture_image_tokens", ml, (double)tr.tokens);
+            if (f->tokens_before > f->tokens_after)
+                ap__metrics_add(gw->metrics, "aperture_image_tokens_saved_total", ml,
+                                (double)(f->tokens_before - f->tokens_after));
+        }
+    }
+    return AP_OK;
+}
+
+/* USD per million input/output tokens for a routed model (config, else the built-in table). */
+static void prices(const ap_model_conf *m, const char *token_model, double *in, double *out)
+{
+    *in = *out = 0;
+    if (m && m->usd_per_mtok_in >= 0) {
+        *in = m->usd_per_mtok_in;
+        *out = m->usd_per_mtok_out >= 0 ? m->usd_per_mtok_out : 0;
+        return;
+    }
+    ap_price p;
+    if (ap_pricing_lookup(NULL, token_model, &p, NULL) == AP_OK) {
+        *in = p.usd_per_mtok_input;
+        *out = p.usd_per_mtok_output >= 0 ? p.usd_per_mtok_output : 0;
+    }
+}
+
+/* ---- the chat context ------------------------------------------------------------------------ */
+
+struct chat {
+    struct ap__req *r;
+    json_t *canon;
+    const ap_provider_conf *prov;
+    const ap_model_conf *mconf;
+    const struct ap__provider_ops *ops;
+    char upstream[128], token_model[128];
+    bool stream, passthrough, began, want_usage;
+    struct ap__stream *xs;
+    struct ap__anth_sse *aw;
+    char *errbuf;
+    size_t errlen;
+    double t_up;
+    char retry_after[32];
+    struct ap__http_call *call; /* valid until its on_done returns */
+    struct ap__usage usage;
+    /* Header values (kept alive until the response is built). */
+    char h_before[24], h_after[24], h_saved[24], h_usd_saved[32], h_cost[32], h_prep[24],
+        h_route[96];
+    const char *headers[24];
+};
+
+static void chat_free(struct chat *c)
+{
+    json_decref(c->canon);
+    if (c->xs)
+        c->ops->stream_free(c->xs);
+    if (c->aw)
+        ap__anth_sse_free(c->aw);
+    free(c->errbuf);
+    free(c);
+}
+
+/* Fill the x-aperture-* headers from what the request knows now. */
+static const char *const *chat_headers(struct chat *c)
+{
+    struct ap__req *r = c->r;
+    long before = 0, after = 0;
+    for (size_t i = 0; i < r->n_img; i++) {
+        if (r->img[i].tokens_before > 0)
+            before += r->img[i].tokens_before;
+        if (r->img[i].tokens_after > 0)
+            after += r->img[i].tokens_after;
+    }
+    double pin, pout;
+    prices(c->mconf, c->token_model, &pin, &pout);
+    long saved = before > after ? before - after : 0;
+    if (r->in_tokens > 0 || r->out_tokens > 0)
+        r->cost_usd = (double)AP_MAX(r->in_tokens, 0) * pin / 1e6 +
+                      (double)AP_MAX(r->out_tokens, 0) * pout / 1e6;
+    snprintf(c->h_before, sizeof(c->h_before), "%ld", before);
+    snprintf(c->h_after, sizeof(c->h_after), "%ld", after);
+    snprintf(c->h_saved, sizeof(c->h_saved), "%ld", saved);
+    snprintf(c->h_usd_saved, sizeof(c->h_usd_saved), "%.8f", (double)saved * pin / 1e6);
+    snprintf(c->h_cost, sizeof(c->h_cost), "%.8f", r->cost_usd);
+    snprintf(c->h_prep, sizeof(c->h_prep), "%.2f", r->prep_ms);
+    snprintf(c->h_route, sizeof(c->h_route), "%s", r->provider);
+    const char *h[] = {"x-aperture-provider",         r->provider,
+                       "x-aperture-model",            r->model,
+                       "x-aperture-route",            c->h_route,
+                       "x-aperture-image-tokens-before", c->h_before,
+                       "x-aperture-image-tokens-after", c->h_after,
+                       "x-aperture-tokens-saved",     c->h_saved,
+                       "x-aperture-usd-saved",        c->h_usd_saved,
+                       "x-aperture-cost-usd",         c->h_cost,
+                       "x-aperture-preprocess-ms",    c->h_prep,
+                       "x-aperture-cache",            "miss",
+                       NULL};
+    memcpy(c->headers, h, sizeof(h));
+    return c->headers;
+}
+
+static void account(struct chat *c)
+{
+    struct ap__req *r = c->r;
+    r->in_tokens = c->usage.input_tokens;
+    r->out_tokens = c->usage.output_tokens;
+    chat_headers(c);
+    if (r->cost_usd > 0)
+        ap__metrics_add(r->gw->metrics, "aperture_cost_usd_total",
+                        (const char *[]){"model", r->model, NULL}, r->cost_usd);
+}
+
+/* The /v1/analyze answer: the model's answer (parsed when it is JSON) plus the pipeline's facts. */
+static json_t *native_answer(struct chat *c, const json_t *resp)
+{
+    struct ap__req *r = c->r;
+    json_t *choice = json_array_get(json_object_get(resp, "choices"), 0);
+    const char *text = json_string_value(json_object_get(json_object_get(choice, "message"),
+                                                         "content"));
+    json_t *answer = NULL;
+    if (text) {
+        /* Models often wrap JSON in a fenced block; take the outermost object if there is one. */
+        const char *a = strchr(text, '{'), *b = strrchr(text, '}');
+        if (a && b && b > a)
+            answer = json_loadb(a, (size_t)(b - a + 1), 0, NULL);
+        if (answer == NULL)
+            answer = json_string(text);
+    }
+    long before = 0, after = 0;
+    json_t *images = json_array();
+    for (size_t i = 0; i < r->n_img; i++) {
+        const struct ap__img_facts *f = &r->img[i];
+        before += f->tokens_before > 0 ? f->tokens_before : 0;
+        after += f->tokens_after > 0 ? f->tokens_after : 0;
+        json_array_append_new(
+            images, json_pack("{s:s, s:s, s:i, s:i, s:I, s:i, s:i, s:I, s:i, s:s, s:f}", "sha256_16",
+                              f->sha16, "format", f->format, "original_width", (int)f->in_w,
+                              "original_height", (int)f->in_h, "original_bytes",
+                              (json_int_t)f->in_bytes, "processed_width", (int)f->out_w,
+                              "processed_height", (int)f->out_h, "processed_bytes",
+                              (json_int_t)f->out_bytes, "orientation", f->orientation,
+                              "metadata_removed", f->meta_removed, "preprocess_ms", f->prep_ms));
+    }
+    return json_pack("{s:s, s:s?, s:s, s:s, s:o?, s:s?, s:{s:I, s:I}, s:f, s:{s:I, s:I, s:I}, "
+                     "s:o, s:{s:f, s:f, s:f}}",
+                     "id", r->id, "task", r->task_header, "model", r->model, "provider",
+                     r->provider, "answer", answer, "finish_reason",
+                     json_string_value(json_object_get(choice, "finish_reason")), "usage",
+                     "input_tokens", (json_int_t)AP_MAX(r->in_tokens, 0), "output_tokens",
+                     (json_int_t)AP_MAX(r->out_tokens, 0), "cost_usd", r->cost_usd,
+                     "image_tokens", "before", (json_int_t)before, "after", (json_int_t)after,
+                     "saved", (json_int_t)(before > after ? before - after : 0), "images", images,
+                     "latency_ms", "preprocess", r->prep_ms, "upstream", r->upstream_ms, "total",
+                     ap__now_ms() - r->t_start);
+}
+
+/* A canonical response to the client's dialect, with the accounting headers. */
+static void reply_canon(struct chat *c, json_t *resp)
+{
+    struct ap__req *r = c->r;
+    json_t *usage = json_object_get(resp, "usage");
+    if (usage) {
+        json_t *pt = json_object_get(usage, "prompt_tokens");
+        json_t *ct = json_object_get(usage, "completion_tokens");
+        if (json_is_integer(pt))
+            c->usage.input_tokens = (long)json_integer_value(pt);
+        if (json_is_integer(ct))
+            c->usage.output_tokens = (long)json_integer_value(ct);
+    }
+    account(c);
+    if (r->dialect == AP__DIALECT_ANTHROPIC) {
+        json_t *a = ap__canon_resp_to_anthropic(resp);
+        json_decref(resp);
+        resp = a;
+    } else if (r->dialect == AP__DIALECT_NATIVE) {
+        json_t *a = native_answer(c, resp);
+        json_decref(resp);
+        resp = a;
+    }
+    ap__req_respond_json(r, 200, resp, c->headers);
+}
+
+/* Upstream failure -> the client's dialect: 4xx the client caused keeps its status; the rest is
+ * 502 (bad gateway) or 504 (timeout), naming the provider. */
+static void reply_upstream_error(struct chat *c, ap_status rc, long status, const char *msg)
+{
+    struct ap__req *r = c->r;
+    const char *prov = c->prov->name;
+    if (rc == AP_ETIMEOUT) {
+        ap__req_error(r, 504, r->dialect == AP__DIALECT_ANTHROPIC ? "api_error" : "timeout",
+                      NULL, "%s: upstream timed out: %s", prov, msg);
+    } else if (rc != AP_OK && rc != AP_EUPSTREAM) {
+        ap__req_error(r, 502, r->dialect == AP__DIALECT_ANTHROPIC ? "api_error" : "upstream_error",
+                      NULL, "%s: upstream unreachable: %s", prov, msg);
+    } else if (status == 400 || status == 404 || status == 413 || status == 422) {
+        ap__req_error(r, (unsigned)status, "invalid_request_error", NULL, "%s", msg);
+    } else if (status == 429) {
+        snprintf(r->retry_after, sizeof(r->retry_after), "%s", c->retry_after);
+        ap__req_error(r, 429,
+                      r->dialect == AP__DIALECT_ANTHROPIC ? "rate_limit_error"
+                                                          : "rate_limit_exceeded",
+                      NULL, "%s", msg);
+    } else {
+        ap__req_error(r, 502, r->dialect == AP__DIALECT_ANTHROPIC ? "api_error" : "upstream_error",
+                      NULL, "%s (upstream status %ld)", msg, status);
+    }
+}
+
+/* ---- streaming ------------------------------------------------------------------------------- */
+
+static void emit_chunk(void *ctx, const json_t *chunk)
+{
+    struct chat *c = ctx;
+    struct ap__req *r = c->r;
+    json_t *u = json_object_get(chunk, "usage");
+    if (json_is_object(u)) {
+        json_t *pt = json_object_get(u, "prompt_tokens"), *ct = json_object_get(u, "completion_tokens");
+        if (json_is_integer(pt))
+            c->usage.input_tokens = (long)json_integer_value(pt);
+        if (json_is_integer(ct))
+            c->usage.output_tokens = (long)json_integer_value(ct);
+    }
+    if (c->passthrough)
+        return; /* the raw bytes were already relayed */
+    /* Providers always report usage in a last chunk (choices: []); an OpenAI client sees it
+     * only when it asked with stream_options.include_usage, as with OpenAI itself. */
+    json_t *ch = json_object_get(chunk, "choices");
+    if (r->dialect == AP__DIALECT_OPENAI && !c->want_usage && json_is_array(ch) &&
+        json_array_size(ch) == 0)
+        return;
+    if (r->dialect == AP__DIALECT_ANTHROPIC) {
+        char *s = NULL;
+        size_t n = 0;
+        if (ap__anth_sse_chunk(c->aw, chunk, &s, &n) == AP_OK && s) {
+            ap__req_stream_write(r, s, n);
+        }
+        free(s);
+        return;
+    }
+    char *s = json_dumps(chunk, JSON_COMPACT);
+    if (s) {
+        ap__req_stream_write(r, "data: ", 6);
+        ap__req_stream_write(r, s, strlen(s));
+        ap__req_stream_write(r, "\n\n", 2);
+        free(s);
+    }
+}
+
+static bool on_stream_data(void *ctx, long status, const char *data, size_t len)
+{
+    struct chat *c = ctx;
+    if (status < 200 || status > 299) {
+        /* An error body: keep it (capped) for the error answer. */
+        size_t keep = AP_MIN(len, (size_t)65536 - AP_MIN(c->errlen, (size_t)65536));
+        char *nb = realloc(c->errbuf, c->errlen + keep + 1);
+        if (nb) {
+            c->errbuf = nb;
+            memcpy(c->errbuf + c->errlen, data, keep);
+            c->errlen += keep;
+            c->errbuf[c->errlen] = '\0';
+        }
+        return true;
+    }
+    if (!c->began) {
+        c->began = true;
+        ap__req_stream_begin(c->r, chat_headers(c));
+    }
+    if (c->passthrough)
+        ap__req_stream_write(c->r, data, len);
+    bool done = false;
+    ap_error err = {0};
+    if (c->ops->stream_feed(c->xs, data, len, &done, &c->usage, &err) != AP_OK)
+        return false;
+    return true;
+}
+
+static void on_stream_done(void *ctx, ap_status rc, long status, const char *body, size_t len,
+                           const char *errmsg)
+{
+    struct chat *c = ctx;
+    struct ap__req *r = c->r;
+    (void)body, (void)len;
+    snprintf(c->retry_after, sizeof(c->retry_after), "%s", c->call->retry_after);
+    r->upstream_ms = ap__now_ms() - c->t_up;
+    ap__metrics_observe(r->gw->metrics, "aperture_upstream_duration_seconds",
+                        (const char *[]){"model", r->model, NULL}, r->upstream_ms / 1e3);
+    if (!c->began) {
+        if (rc == AP_OK) {
+            ap_error err = {0};
+            json_t *resp = NULL;
+            struct ap__usage u;
+            ap_status prc = c->ops->parse(c->prov, status, c->errbuf ? c->errbuf : "",
+                                          c->errlen, &resp, &u, &err);
+            json_decref(resp);
+            reply_upstream_error(c, prc == AP_OK ? AP_EUPSTREAM : prc, status,
+                                 err.msg[0] ? err.msg : "upstream error");
+        } else {
+            reply_upstream_error(c, rc, status, errmsg);
+        }
+        goto out;
+    }
+    /* Tell the translator the body ended: a stream cut before its end marker is an error. */
+    ap_error ferr = {0};
+    bool done = false;
+    if (rc == AP_OK && c->ops->stream_feed(c->xs, NULL, 0, &done, &c->usage, &ferr) != AP_OK) {
+        rc = AP_ENETWORK;
+        errmsg = ferr.msg;
+    }
+    account(c);
+    if (rc != AP_OK)
+        snprintf(r->error, sizeof(r->error), "%.40s: stream ended early: %.180s", c->prov->name, errmsg);
+    if (r->dialect == AP__DIALECT_ANTHROPIC) {
+        char *s = NULL;
+        size_t n = 0;
+        ap_status wrc = rc == AP_OK ? ap__anth_sse_chunk(c->aw, NULL, &s, &n)
+                                    : ap__anth_sse_error(c->aw, "api_error", r->error, &s, &n);
+        if (wrc == AP_OK && s)
+            ap__req_stream_write(r, s, n);
+        free(s);
+    } else if (!c->passthrough && rc == AP_OK) {
+        ap__req_stream_write(r, "data: [DONE]\n\n", 14);
+    }
+    ap__req_stream_end(r, rc != AP_OK);
+out:
+    ap__req_unref(r);
+    chat_free(c);
+}
+
+static void on_done(void *ctx, ap_status rc, long status, const char *body, size_t len,
+                    const char *errmsg)
+{
+    struct chat *c = ctx;
+    struct ap__req *r = c->r;
+    /* The call is freed after this returns; keep what the answer needs from it. */
+    snprintf(c->retry_after, sizeof(c->retry_after), "%s", c->call->retry_after);
+    r->upstream_ms = ap__now_ms() - c->t_up;
+    ap__metrics_observe(r->gw->metrics, "aperture_upstream_duration_seconds",
+                        (const char *[]){"model", r->model, NULL}, r->upstream_ms / 1e3);
+    if (rc != AP_OK) {
+        reply_upstream_error(c, rc, status, errmsg);
+    } else {
+        ap_error err = {0};
+        json_t *resp = NULL;
+        ap_status prc = c->ops->parse(c->prov, status, body ? body : "", len, &resp, &c->usage, &err);
+        if (prc != AP_OK)
+            reply_upstream_error(c, prc == AP_EUPSTREAM ? AP_EUPSTREAM : AP_ENETWORK, status,
+                                 err.msg);
+        else
+            reply_canon(c, resp);
+    }
+    ap__req_unref(r);
+    chat_free(c);
+}
+
+/* ---- the local provider, in-process ---------------------------------------------------------- */
+
+static void local_stream(struct chat *c, json_t *resp)
+{
+    struct ap__req *r = c->r;
+    json_t *msg = json_object_get(json_array_get(json_object_get(resp, "choices"), 0), "message");
+    const char *text = json_string_value(json_object_get(msg, "content"));
+    const char *id = json_string_value(json_object_get(resp, "id"));
+    json_t *chunks[3];
+    chunks[0] = json_pack("{s:s, s:s, s:s, s:[{s:i, s:{s:s, s:s}, s:n}]}", "id", id ? id : "local",
+                          "object", "chat.completion.chunk", "model", "local", "choices", "index",
+                          0, "delta", "role", "assistant", "content", text ? text : "",
+                          "finish_reason");
+    chunks[1] = json_pack("{s:s, s:s, s:s, s:[{s:i, s:{}, s:s}]}", "id", id ? id : "local",
+                          "object", "chat.completion.chunk", "model", "local", "choices", "index",
+                          0, "delta", "finish_reason", "stop");
+    chunks[2] = json_pack("{s:s, s:s, s:s, s:[], s:{s:i, s:i, s:i}}", "id", id ? id : "local",
+                          "object", "chat.completion.chunk", "model", "local", "choices", "usage",
+                          "prompt_tokens", 0, "completion_tokens", 0, "total_tokens", 0);
+    if (r->dialect == AP__DIALECT_ANTHROPIC)
+        c->aw = ap__anth_sse_new("local");
+    ap__req_stream_begin(r, chat_headers(c));
+    for (int i = 0; i < 3; i++) {
+        if (chunks[i])
+            emit_chunk(c, chunks[i]);
+        json_decref(chunks[i]);
+    }
+    if (r->dialect == AP__DIALECT_ANTHROPIC) {
+        char *s = NULL;
+        size_t n = 0;
+        if (ap__anth_sse_chunk(c->aw, NULL, &s, &n) == AP_OK && s)
+            ap__req_stream_write(r, s, n);
+        free(s);
+    } else {
+        ap__req_stream_write(r, "data: [DONE]\n\n", 14);
+    }
+    ap__req_stream_end(r, false);
+    json_decref(resp);
+}
+
+/* ---- the handler -------------------------------------------------------------------------------- */
+
+/* Walk every image part of the canonical request: load, preprocess, put back as a data URL.
+ * For the local provider, keep OCR-sized images instead. Returns false after answering. */
+static bool prepare_images(struct chat *c, uint8_t ***ocr, size_t **ocr_len, size_t *n_ocr)
+{
+    struct ap__req *r = c->r;
+    json_t *msgs = json_object_get(c->canon, "messages");
+    size_t mi, pi, idx = 0;
+    json_t *m, *part;
+    bool local = c->prov->type == AP_PROVIDER_LOCAL;
+    json_array_foreach(msgs, mi, m)
+    {
+        json_t *content = json_object_get(m, "content");
+        if (!json_is_array(content))
+            continue;
+        json_array_foreach(content, pi, part)
+        {
+            const char *type = json_string_value(json_object_get(part, "type"));
+            if (type == NULL || strcmp(type, "image_url") != 0)
+                continue;
+            json_t *iu = json_object_get(part, "image_url");
+            const char *url = json_is_string(iu) ? json_string_value(iu)
+                                                 : json_string_value(json_object_get(iu, "url"));
+            const char *detail = json_string_value(json_object_get(iu, "detail"));
+            char param[64];
+            snprintf(param, sizeof(param), "messages[%zu].content[%zu]", mi, pi);
+            if (url == NULL) {
+                ap__req_error(r, 400, "invalid_request_error", param,
+                              "%s: image_url.url must be a string", param);
+                return false;
+            }
+            uint8_t *buf = NULL;
+            size_t len = 0;
+            ap_error err = {0};
+            ap_status rc = ap__image_load(r, url, &buf, &len, &err);
+            if (rc != AP_OK) {
+                ap__req_error(r, rc == AP_ETOOLARGE ? 413 : 400, "invalid_request_error", param,
+                              "%s: image %zu could not be loaded: %s: %s", param, idx,
+                              ap_strerror(rc), err.msg);
+                return false;
+            }
+            ap_prep_result res;
+            const char *target = local ? "none" : target_for(c->mconf, c->prov, detail);
+            if (local) {
+                /* OCR reads the normalised image at up to ocr_max_edge: shrinking a dense page
+                 * to 1568 px costs Tesseract accuracy. */
+                ap_prep_opts o = r->gw->cfg->prep;
+                if (ap_prep_opts_target(&o, "none") != AP_OK)
+                    AP_ASSERT(0);
+                o.max_edge = r->gw->cfg->ocr_max_edge ? r->gw->cfg->ocr_max_edge : 4000;
+                o.quality = 92;
+                rc = ap_prep(buf, len, &o, &res, &err);
+                if (rc == AP_OK && r->n_img < sizeof(r->img) / sizeof(r->img[0])) {
+                    struct ap__img_facts *f = &r->img[r->n_img++];
+                    memset(f, 0, sizeof(*f));
+                    memcpy(f->sha16, res.sha256_hex, 16);
+                    snprintf(f->format, sizeof(f->format), "%s", ap_format_name(res.in_format));
+                    f->orientation = res.orientation;
+                    ap_meta_describe(res.meta_removed, f->meta_removed, sizeof(f->meta_removed));
+                    bool swap = res.orientation >= 5;
+                    f->in_w = swap ? res.in_height : res.in_width;
+                    f->in_h = swap ? res.in_width : res.in_height;
+                    f->out_w = res.out_width;
+                    f->out_h = res.out_height;
+                    f->in_bytes = len;
+                    f->out_bytes = res.out_len;
+                    f->prep_ms = res.ms.total_ms;
+                    f->tokens_before = f->tokens_after = 0;
+                    r->prep_ms += res.ms.total_ms;
+                }
+            } else {
+                rc = ap__image_prep(r, buf, len, target, c->token_model, detail, &res, &err);
+            }
+            free(buf);
+            if (rc != AP_OK) {
+                ap__req_error(r, rc == AP_ETOOLARGE ? 413 : 400, "invalid_request_error", param,
+                              "%s: image %zu refused: %s: %s", param, idx, ap_strerror(rc),
+                              err.msg);
+                return false;
+            }
+            if (local) {
+                *ocr = realloc(*ocr, sizeof(**ocr) * (*n_ocr + 1));
+                *ocr_len = realloc(*ocr_len, sizeof(**ocr_len) * (*n_ocr + 1));
+                if (*ocr == NULL || *ocr_len == NULL)
+                    abort();
+                (*ocr)[*n_ocr] = res.out;
+                (*ocr_len)[*n_ocr] = res.out_len;
+                (*n_ocr)++;
+                res.out = NULL;
+            } else {
+                char *b64 = ap_base64_encode(res.out, res.out_len);
+                size_t need = (b64 ? strlen(b64) : 0) + 64;
+                char *durl = malloc(need);
+                if (b64 == NULL || durl == NULL) {
+                    free(b64);
+                    free(durl);
+                    ap_prep_result_release(&res);
+                    ap__req_error(r, 500, "api_error", NULL, "out of memory");
+                    return false;
+                }
+                snprintf(durl, need, "data:%s;base64,%s", res.out_media_type, b64);
+                free(b64);
+                json_t *niu = json_pack("{s:s}", "url", durl);
+                if (detail)
+                    json_object_set_new(niu, "detail", json_string(detail));
+                json_object_set_new(part, "image_url", niu);
+                free(durl);
+            }
+            ap_prep_result_release(&res);
+            idx++;
+        }
+    }
+    return true;
+}
+
+void ap__api_chat(struct ap__req *r)
+{
+    json_error_t jerr;
+    ap_error err = {0};
+    json_t *canon = NULL;
+
+    if (r->body == NULL) {
+        ap__req_error(r, 400, "invalid_request_error", NULL, "request body is empty");
+        return;
+    }
+    json_t *body = json_loadb(r->body, r->len, JSON_REJECT_DUPLICATES, &jerr);
+    if (body == NULL || !json_is_object(body)) {
+        ap__req_error(r, 400, "invalid_request_error", NULL,
+                      "request body is not a JSON object: %s (line %d, column %d)",
+                      body ? "not an object" : jerr.text, jerr.line, jerr.column);
+        json_decref(body);
+        return;
+    }
+    if (r->dialect == AP__DIALECT_ANTHROPIC) {
+        ap_status rc = ap__anthropic_req_to_canon(body, &canon, &err);
+        json_decref(body);
+        if (rc != AP_OK) {
+            ap__req_error(r, 400, "invalid_request_error", NULL, "%s", err.msg);
+            return;
+        }
+    } else {
+        canon = body;
+    }
+    ap__chat_run(r, canon);
+}
+
+void ap__chat_run(struct ap__req *r, json_t *canon)
+{
+    struct ap_gateway *gw = r->gw;
+    ap_error err = {0};
+    uint8_t **ocr = NULL;
+    size_t *ocr_len = NULL, n_ocr = 0;
+    struct chat *c = ap__xcalloc(1, sizeof(*c));
+    c->r = r;
+    c->canon = canon;
+    json_t *jm = json_object_get(c->canon, "model");
+    if (!json_is_string(jm)) {
+        ap__req_error(r, 400, "invalid_request_error", "model", "model: a string is required");
+        goto out;
+    }
+    json_t *jmsgs = json_object_get(c->canon, "messages");
+    if (!json_is_array(jmsgs) || json_array_size(jmsgs) == 0) {
+        ap__req_error(r, 400, "invalid_request_error", "messages",
+                      "messages: a non-empty array is required");
+        goto out;
+    }
+    const char *model = json_string_value(jm);
+    snprintf(r->model, sizeof(r->model), "%s", model);
+    if (ap_config_route(gw->cfg, model, &c->mconf, &c->prov, &err) != AP_OK) {
+        ap__req_error(r, 404, r->dialect == AP__DIALECT_ANTHROPIC ? "not_found_error"
+                                                                  : "invalid_request_error",
+                      "model", "%s", err.msg);
+        goto out;
+    }
+    snprintf(r->provider, sizeof(r->provider), "%s", c->prov->name);
+    snprintf(c->upstream, sizeof(c->upstream), "%s",
+             c->mconf && c->mconf->upstream ? c->mconf->upstream : model);
+    snprintf(c->token_model, sizeof(c->token_model), "%s",
+             c->mconf && c->mconf->token_model ? c->mconf->token_model : c->upstream);
+    c->stream = json_is_true(json_object_get(c->canon, "stream"));
+
+    if (!prepare_images(c, &ocr, &ocr_len, &n_ocr))
+        goto out;
+
+    if (c->prov->type == AP_PROVIDER_LOCAL) {
+        json_t *resp = NULL;
+        const char *task = r->task_header;
+        snprintf(r->route_method, sizeof(r->route_method), "local-ocr");
+        if (ap__local_answer(gw->cfg, task, c->canon, (const uint8_t *const *)ocr, ocr_len, n_ocr,
+                             &resp, &err) != AP_OK) {
+            ap__req_error(r, 400, "invalid_request_error", NULL, "%s", err.msg);
+            goto out;
+        }
+        if (c->stream)
+            local_stream(c, resp);
+        else
+            reply_canon(c, resp);
+        goto out;
+    }
+
+    c->ops = ap__provider_ops_for(c->prov->type);
+    if (c->ops == NULL) {
+        ap__req_error(r, 500, "api_error", NULL, "provider \"%s\" has no implementation",
+                      c->prov->name);
+        goto out;
+    }
+    struct ap__http_call *call = ap__xcalloc(1, sizeof(*call));
+    if (c->ops->build(c->prov, c->upstream, c->canon, c->stream, &call->req, &err) != AP_OK) {
+        free(call);
+        ap__req_error(r, 400, "invalid_request_error", NULL, "%s", err.msg);
+        goto out;
+    }
+    call->connect_timeout_ms = c->prov->connect_timeout_ms > 0 ? c->prov->connect_timeout_ms
+                                                               : 10000;
+    call->timeout_ms = c->prov->timeout_ms > 0 ? c->prov->timeout_ms : 600000;
+    call->max_body = 64u << 20;
+    call->ctx = c;
+    c->call = call;
+    if (c->stream) {
+        json_t *so = json_object_get(c->canon, "stream_options");
+        c->want_usage = json_is_true(json_object_get(so, "include_usage"));
+        /* Byte-for-byte relay when nothing needs changing: OpenAI wire to an OpenAI client
+         * that chose its own stream_options (otherwise build() adds include_usage for our
+         * accounting and the usage chunk must be filtered out). */
+        c->passthrough = r->dialect == AP__DIALECT_OPENAI && c->ops == &ap__openai_ops && so;
+        c->xs = c->ops->stream_new(c->prov, model, emit_chunk, c);
+        if (r->dialect == AP__DIALECT_ANTHROPIC)
+            c->aw = ap__anth_sse_new(model);
+        call->on_data = on_stream_data;
+        call->on_done = on_stream_done;
+    } else {
+        call->on_done = on_done;
+    }
+    snprintf(r->route_method, sizeof(r->route_method), "%s", c->prov->name);
+    c->t_up = ap__now_ms();
+    ap__req_ref(r); /* held by the upstream call until its on_done */
+    ap__http_submit(gw->http, call);
+    c = NULL;       /* owned by the call now */
+out:
+    for (size_t i = 0; i < n_ocr; i++)
+        free(ocr[i]);
+    free(ocr);
+    free(ocr_len);
+    if (c)
+        chat_free(c);
+}
