@@ -8,7 +8,7 @@ build_pkgs="build-essential cmake ninja-build pkg-config
   libjpeg62-turbo-dev libspng-dev libpng-dev libwebp-dev libgif-dev libtiff-dev libheif-dev
   liblcms2-dev libexif-dev libssl-dev
   libmicrohttpd-dev libcurl4-openssl-dev libjansson-dev libcyaml-dev
-  libtesseract-dev libleptonica-dev tesseract-ocr-eng"
+  libtesseract-dev libleptonica-dev tesseract-ocr-eng libsqlite3-dev libhiredis-dev"
 # Tests compare against independent tools (libvips, Pillow) and fuzz with clang's libFuzzer.
 test_pkgs="libcmocka-dev clang libclang-rt-14-dev libvips-tools python3 python3-pil python3-numpy
   redis-server nodejs npm"
