@@ -4,13 +4,16 @@
  * Tasks:
  *   describe (also any other task, or none): the message content is JSON text
  *     {"task":"describe","text":...,"width":W,"height":H,"ocr_confidence":0..1|null,
- *      "lines":N,"words":N,"images":[{"width","height","ocr_confidence","lines","words"},...]}
- *     where text is the OCR text of every image (pages separated by a blank line) and the
- *     top-level width/height are the first image's.
+ *      "lines":N,"words":N,"images":[{"width","height","grayscale","ocr_confidence","lines",
+ *      "words"},...]}
+ *     where text is the OCR text of every image (pages separated by a blank line), the
+ *     top-level width/height are the first image's, and ocr_confidence is Tesseract's mean
+ *     word confidence / 100 (null when no text was found).
  *   invoice_extraction: the content is JSON text
  *     {"vendor":s|null,"invoice_number":s|null,"date":"YYYY-MM-DD"|null,"total":n|null,
  *      "currency":"EUR"|null,"confidence":0..1}
- *     read from all images together (a multi-page invoice is one document).
+ *     read from all images together (a multi-page invoice is one document); confidence is
+ *     the share of the five fields found times the OCR confidence.
  *
  * The rules read OCR output, so they expect its slips: a letter for a digit, a stray mark, a
  * label and its value in different columns. Each field is chosen by scoring every candidate
