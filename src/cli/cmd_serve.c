@@ -55,6 +55,15 @@ int cmd_serve(int argc, char **argv)
     if (config && config[0] == '\0')
         config = NULL;
 
+    /* Tesseract's OpenMP threads make OCR slower, not faster, next to our own worker per core;
+     * libgomp reads OMP_THREAD_LIMIT only at start-up, so set it and start again once. */
+    if (getenv("OMP_THREAD_LIMIT") == NULL) {
+        setenv("OMP_THREAD_LIMIT", "1", 1);
+        char *const *av = argv - 1; /* argv[-1] is "aperture" (main passed argv + 1) */
+        execv("/proc/self/exe", av);
+        /* exec failed: carry on with OpenMP's default */
+    }
+
     /* Block the stop signals before any thread starts, so every thread inherits the mask and
      * sigwait() below is the only place they are seen. */
     sigset_t set;

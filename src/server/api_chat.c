@@ -7,6 +7,7 @@
  * back the same way. A stream from an OpenAI-wire upstream to an OpenAI client is relayed byte
  * for byte; other pairs are translated chunk by chunk as they arrive.
  */
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -16,6 +17,7 @@
 #include "aperture/tokens.h"
 #include "core/core.h"
 #include "net/fetch.h"
+#include "provider/ocr.h"
 #include "provider/provider.h"
 #include "server/server.h"
 
@@ -518,6 +520,30 @@ static void on_done(void *ctx, ap_status rc, long status, const char *body, size
 
 /* ---- the local provider, in-process ---------------------------------------------------------- */
 
+/* One Tesseract handle per worker thread, made on first use and freed when the thread exits:
+ * starting Tesseract costs ~0.1 s, and a handle must not be shared between threads. */
+static pthread_key_t ocr_key;
+static pthread_once_t ocr_once = PTHREAD_ONCE_INIT;
+
+static void ocr_destroy(void *p)
+{
+    ap__ocr_free(p);
+}
+
+static void ocr_key_init(void)
+{
+    pthread_key_create(&ocr_key, ocr_destroy);
+}
+
+static struct ap__ocr *thread_ocr(ap_error *err)
+{
+    pthread_once(&ocr_once, ocr_key_init);
+    struct ap__ocr *o = pthread_getspecific(ocr_key);
+    if (o == NULL && ap__ocr_new("eng", &o, err) == AP_OK)
+        pthread_setspecific(ocr_key, o);
+    return o;
+}
+
 static void local_stream(struct chat *c, json_t *resp)
 {
     struct ap__req *r = c->r;
@@ -745,8 +771,13 @@ void ap__chat_run(struct ap__req *r, json_t *canon)
         json_t *resp = NULL;
         const char *task = r->task_header;
         snprintf(r->route_method, sizeof(r->route_method), "local-ocr");
-        if (ap__local_answer(gw->cfg, task, c->canon, (const uint8_t *const *)ocr, ocr_len, n_ocr,
-                             &resp, &err) != AP_OK) {
+        struct ap__ocr *engine = thread_ocr(&err);
+        if (engine == NULL) {
+            ap__req_error(r, 500, "api_error", NULL, "local: %s", err.msg);
+            goto out;
+        }
+        if (ap__local_answer_ocr(gw->cfg, engine, task, c->canon, (const uint8_t *const *)ocr,
+                                 ocr_len, n_ocr, &resp, &err) != AP_OK) {
             ap__req_error(r, 400, "invalid_request_error", NULL, "%s", err.msg);
             goto out;
         }
