@@ -584,6 +584,38 @@ static void local_stream(struct chat *c, json_t *resp)
 
 /* ---- the handler -------------------------------------------------------------------------------- */
 
+/* Append s (and a newline before it when buf is not empty) to buf, truncating at cap. */
+static void append_capped(char *buf, size_t cap, size_t *off, const char *s)
+{
+    if (*off + 1 >= cap)
+        return;
+    int n = snprintf(buf + *off, cap - *off, "%s%s", *off ? "\n" : "", s);
+    if (n > 0)
+        *off = AP_MIN(*off + (size_t)n, cap - 1);
+}
+
+/* The text parts of a canonical request, joined and capped at 4 KiB, for the log line. */
+static char *prompt_text(const json_t *canon)
+{
+    char buf[4096];
+    size_t off = 0, mi, pi;
+    json_t *m, *p;
+    buf[0] = '\0';
+    json_array_foreach(json_object_get(canon, "messages"), mi, m)
+    {
+        json_t *content = json_object_get(m, "content");
+        if (json_is_string(content))
+            append_capped(buf, sizeof(buf), &off, json_string_value(content));
+        json_array_foreach(content, pi, p)
+        {
+            const char *t = json_string_value(json_object_get(p, "text"));
+            if (t)
+                append_capped(buf, sizeof(buf), &off, t);
+        }
+    }
+    return strdup(buf);
+}
+
 /* Walk every image part of the canonical request: load, preprocess, put back as a data URL.
  * For the local provider, keep OCR-sized images instead. Returns false after answering. */
 static bool prepare_images(struct chat *c, uint8_t ***ocr, size_t **ocr_len, size_t *n_ocr)
@@ -763,6 +795,8 @@ void ap__chat_run(struct ap__req *r, json_t *canon)
     snprintf(c->token_model, sizeof(c->token_model), "%s",
              c->mconf && c->mconf->token_model ? c->mconf->token_model : c->upstream);
     c->stream = json_is_true(json_object_get(c->canon, "stream"));
+    if (gw->cfg->log_prompts)
+        r->prompt = prompt_text(c->canon);
 
     if (!prepare_images(c, &ocr, &ocr_len, &n_ocr))
         goto out;

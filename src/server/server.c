@@ -47,6 +47,7 @@ void ap__req_unref(struct ap__req *r)
     free(r->query_target);
     free(r->query_format);
     free(r->query_response);
+    free(r->prompt);
     pthread_mutex_destroy(&r->mu);
     free(r);
 }
@@ -258,6 +259,8 @@ void ap__req_log(struct ap__req *r)
         (json_int_t)r->in_tokens, "output_tokens", (json_int_t)r->out_tokens);
     if (j && r->error[0])
         json_object_set_new(j, "error", json_string(r->error));
+    if (j && r->prompt) /* set only when the config opts in (log_prompts) */
+        json_object_set_new(j, "prompt", json_string(r->prompt));
     char *s = j ? json_dumps(j, JSON_COMPACT | JSON_REAL_PRECISION(12)) : NULL;
     json_decref(j);
     if (s) {

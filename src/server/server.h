@@ -97,6 +97,7 @@ struct ap__req {
     double cost_usd;
     char error[256];
     char retry_after[32]; /* Retry-After for a 429/503 answer ("" = 1 s) */
+    char *prompt;         /* the request's text, logged only when log_prompts is on */
 };
 
 void ap__req_ref(struct ap__req *r);
