@@ -37,7 +37,8 @@ def hyper(name, idx=0):
         return None
     r = json.loads(t)["results"][idx]
     return {"median": r["median"] * 1000, "min": r["min"] * 1000, "max": r["max"] * 1000,
-            "runs": len(r["times"]), "exit": sorted(set(r.get("exit_codes") or [0]))}
+            "runs": len(r["times"]), "exit": sorted(set(r.get("exit_codes") or [0])),
+            "cpu": (r["user"] + r["system"]) * 1000}
 
 
 def inproc_lines(name, ms_of, bytes_of):
@@ -162,6 +163,17 @@ def main():
         w("| %s | %s | %s | %s | %s | %s | %s |" % (
             k, ratio(ap, r["floor"]), ratio(ai, r["floor"]), ratio(g(r["sharp"]), ai),
             ratio(g(r["vips"]), ap), ratio(g(r["pil_fast"]), ai), ratio(g(r["pil"]), ai)))
+    w("")
+    w("CPU time of the processes (user + sys, mean ms; less sensitive than wall time to other "
+      "load on the machine):\n")
+    w("| image | aperture process | codec floor | vipsthumbnail | aperture / floor "
+      "| vips / aperture |")
+    w("|---|--:|--:|--:|--:|--:|")
+    for k, r in rows.items():
+        ac, vc = g(r["ap_proc"], "cpu"), g(r["vips"], "cpu")
+        fc = (r["fd"]["cpu"] + r["fe"]["cpu"]) if r["fd"] and r["fe"] else None
+        w("| %s | %s | %s | %s | %s | %s |" % (k, f1(ac), f1(fc), f1(vc), ratio(ac, fc),
+                                             ratio(vc, ac)))
     w("")
     w("Spread (min–max ms; n = timed repetitions):\n")
     w("| image | aperture in-process | aperture process | djpeg | cjpeg | vipsthumbnail | sharp "

@@ -30,7 +30,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
-AP=$(realpath "${1:-build/aperture}")
+AP=$(realpath -m "${1:-build/aperture}")
 REPS=${REPS:-7}
 PIL_REPS=${PIL_REPS:-5}
 RUNS=${RUNS:-10}
@@ -51,6 +51,8 @@ BIG_BYTES=134217728
 die() { echo "bench/run.sh: $*" >&2; exit 1; }
 log() { echo "bench: $* (load $(cut -d' ' -f1-3 /proc/loadavg))" >&2; }
 
+# The build tree is shared: a rebuild in progress briefly removes the binary. Wait for it.
+for _ in $(seq 60); do [ -x "$AP" ] && break; sleep 2; done
 [ -x "$AP" ] || die "no aperture binary at $AP (build first: make build)"
 for t in hyperfine djpeg cjpeg identify convert vipsthumbnail vips node npm /usr/bin/time; do
   command -v "$t" >/dev/null || die "missing $t: run scripts/deps.sh bench"
@@ -96,7 +98,7 @@ hf() { hyperfine -N --style none --warmup 2 --runs "$RUNS" "$@" >/dev/null; }
 {
   echo "date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
   echo "cpu: $(lscpu | sed -n 's/^Model name: *//p' | head -1)"
-  echo "nproc: $(nproc)"
+  echo "nproc: $(nproc) ($(lscpu | sed -n 's/^Hypervisor vendor: *//p') guest; L2 $(lscpu | sed -n 's/^L2 cache: *//p'))"
   echo "memory: $(free -m | awk '/^Mem:/ {print $2 " MiB"}')"
   echo "kernel: $(uname -r)"
   echo "load_start: $(cat /proc/loadavg)"
@@ -206,6 +208,7 @@ if [ -z "${SKIP_MEMORY:-}" ]; then
   }
   : >"$RAW/rss.txt"
   k12=$(key "$p12")
+  rss "aperture --help (process baseline: shared libraries)" "$AP" --help
   rss "aperture --jobs 1, 12 MP JPEG" "$AP" prep --jobs 1 "$p12" -o "$IMG/rss_ap.jpg"
   rss "aperture (default jobs), 12 MP JPEG" "$AP" prep "$p12" -o "$IMG/rss_ap.jpg"
   rss "codec floor djpeg -scale, 12 MP JPEG" djpeg -scale "$(cut -d' ' -f1 "$RAW/floor_meta_$k12.txt")/8" -outfile /dev/null "$p12"
