@@ -12,7 +12,7 @@ import { fileURLToPath } from 'node:url';
 
 export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 export const FAKE = join(ROOT, 'tests/fakes/fake_upstream.mjs');
-export const APERTURE_BIN = process.env.APERTURE_BIN || join(ROOT, 'build/aperture');
+export const APERTURE_BIN = resolve(process.env.APERTURE_BIN || join(ROOT, 'build/aperture'));
 export const CORPUS =
   [process.env.APERTURE_CORPUS, join(ROOT, '../shared/corpus'), '/work/shared/corpus'].find(
     (d) => d && existsSync(join(d, 'MANIFEST.md')),
@@ -157,8 +157,11 @@ const SCRUB = /^(APERTURE_|OPENAI_|ANTHROPIC_|GEMINI_|GOOGLE_|MAX_IMAGE_SIZE_MB$
 
 /**
  * Start `aperture serve` against the fake. opts: {loopback = true (APERTURE_FETCH_ALLOW_LOOPBACK=1),
- * config (overrides merged into gatewayConfig), env (extra variables)}. Returns {port, url, stderr(),
- * logLines(), configText, stop()}.
+ * config (overrides merged into gatewayConfig), env (extra variables; without APERTURE_CACHE or
+ * APERTURE_CACHE_URL there the answer cache is off)}. The gateway runs in its own
+ * temporary directory (removed by stop()), so files it creates there, such as the default answer
+ * cache aperture-cache.db, never land in the tree and never outlive the gateway. Returns {port, url,
+ * dir, stderr(), logLines(), configText, stop()}.
  */
 export async function startGateway(fake, opts = {}) {
   if (!existsSync(APERTURE_BIN)) throw new Error(`aperture binary not found at ${APERTURE_BIN} (set APERTURE_BIN)`);
@@ -171,9 +174,14 @@ export async function startGateway(fake, opts = {}) {
   for (const [k, v] of Object.entries(process.env)) if (!SCRUB.test(k)) env[k] = v;
   Object.assign(env, KEYS);
   if (opts.loopback !== false) env.APERTURE_FETCH_ALLOW_LOOPBACK = '1';
+  // The answer cache is off unless the caller picks a backend (cache.test.mjs does): the other
+  // suites send identical requests in different cases and count what reaches the fake.
+  if (!opts.env || (opts.env.APERTURE_CACHE === undefined && opts.env.APERTURE_CACHE_URL === undefined))
+    env.APERTURE_CACHE = 'off';
   Object.assign(env, opts.env || {});
   const child = spawn(APERTURE_BIN, ['serve', '--config', cfgPath, '--listen', '127.0.0.1:0', '--drain-seconds', '1'], {
     env,
+    cwd: dir,
     stdio: ['ignore', 'ignore', 'pipe'],
   });
   let err = '';
@@ -191,6 +199,7 @@ export async function startGateway(fake, opts = {}) {
   return {
     port,
     url: `http://127.0.0.1:${port}`,
+    dir,
     child,
     configText,
     stderr: () => err,
