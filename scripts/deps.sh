@@ -11,7 +11,7 @@ build_pkgs="build-essential cmake ninja-build pkg-config
   libtesseract-dev libleptonica-dev tesseract-ocr-eng libsqlite3-dev libhiredis-dev"
 # Tests compare against independent tools (libvips, Pillow) and fuzz with clang's libFuzzer.
 test_pkgs="libcmocka-dev clang libclang-rt-14-dev libvips-tools python3 python3-pil python3-numpy
-  redis-server nodejs npm"
+  redis-server nodejs npm fonts-dejavu-core"
 bench_pkgs="libjpeg-turbo-progs imagemagick hyperfine time wrk"
 case $what in
   build) pkgs=$build_pkgs ;;

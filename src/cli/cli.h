@@ -17,6 +17,7 @@ int cmd_prep(int argc, char **argv);
 int cmd_tokens(int argc, char **argv);
 int cmd_hash(int argc, char **argv);
 int cmd_serve(int argc, char **argv);
+int cmd_dedup(int argc, char **argv);
 
 /* Read a whole file, refusing more than max_bytes (+1 is read to detect "too large").
  * Returns 0 and a malloc'd buffer, or -1 with a message in msg. */

@@ -19,6 +19,7 @@ static const struct command commands[] = {
     {"prep", cmd_prep, "preprocess images for a vision model (resize, orient, strip, re-encode)"},
     {"tokens", cmd_tokens, "image tokens and USD per model, original vs processed"},
     {"hash", cmd_hash, "sha256, pHash and dHash of processed images"},
+    {"dedup", cmd_dedup, "group exact and near-duplicate images of a folder (catalog dedup)"},
     {"serve", cmd_serve, "run the gateway (OpenAI/Anthropic-compatible proxy, native API)"},
 };
 

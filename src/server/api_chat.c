@@ -209,6 +209,21 @@ struct chat {
     char retry_after[32];
     struct ap__http_call *call; /* valid until its on_done returns */
     struct ap__usage usage;
+    /* Cache. */
+    bool cacheable, tolerant, from_cache, leader;
+    long ttl_s;
+    char task[64];
+    ap_cache_key key;
+    char img_sha[AP_CACHE_MAX_IMAGES][65];
+    uint64_t img_phash[AP_CACHE_MAX_IMAGES];
+    uint8_t *img_bytes[AP_CACHE_MAX_IMAGES]; /* processed images, for the content fingerprint */
+    size_t img_len[AP_CACHE_MAX_IMAGES];
+    size_t n_key_img;
+    char *acc_text; /* a stream's content, accumulated for storing */
+    size_t acc_len;
+    char acc_finish[32];
+    struct chat *next_waiter;
+    const char *cache_hdr;
     /* Header values (kept alive until the response is built). */
     char h_before[24], h_after[24], h_saved[24], h_usd_saved[32], h_cost[32], h_prep[24],
         h_route[96];
@@ -217,6 +232,9 @@ struct chat {
 
 static void chat_free(struct chat *c)
 {
+    for (size_t i = 0; i < c->n_key_img; i++)
+        free(c->img_bytes[i]);
+    free(c->acc_text);
     json_decref(c->canon);
     if (c->xs)
         c->ops->stream_free(c->xs);
@@ -225,6 +243,9 @@ static void chat_free(struct chat *c)
     free(c->errbuf);
     free(c);
 }
+
+static void cache_store(struct chat *c, const json_t *resp);
+static void flight_finish(struct chat *c, const json_t *resp, unsigned status, const char *msg);
 
 /* Fill the x-aperture-* headers from what the request knows now. */
 static const char *const *chat_headers(struct chat *c)
@@ -259,7 +280,7 @@ static const char *const *chat_headers(struct chat *c)
                        "x-aperture-usd-saved",        c->h_usd_saved,
                        "x-aperture-cost-usd",         c->h_cost,
                        "x-aperture-preprocess-ms",    c->h_prep,
-                       "x-aperture-cache",            "miss",
+                       "x-aperture-cache",            c->cache_hdr ? c->cache_hdr : "off",
                        NULL};
     memcpy(c->headers, h, sizeof(h));
     return c->headers;
@@ -324,7 +345,7 @@ static json_t *native_answer(struct chat *c, const json_t *resp)
 static void reply_canon(struct chat *c, json_t *resp)
 {
     struct ap__req *r = c->r;
-    json_t *usage = json_object_get(resp, "usage");
+    json_t *usage = c->from_cache ? NULL : json_object_get(resp, "usage");
     if (usage) {
         json_t *pt = json_object_get(usage, "prompt_tokens");
         json_t *ct = json_object_get(usage, "completion_tokens");
@@ -374,6 +395,27 @@ static void reply_upstream_error(struct chat *c, ap_status rc, long status, cons
 
 /* ---- streaming ------------------------------------------------------------------------------- */
 
+/* Keep a stream's text and finish reason, so the whole answer can be cached when it ends. */
+static void accumulate(struct chat *c, const json_t *chunk)
+{
+    if (!c->cacheable)
+        return;
+    json_t *ch0 = json_array_get(json_object_get(chunk, "choices"), 0);
+    const char *t = json_string_value(json_object_get(json_object_get(ch0, "delta"), "content"));
+    const char *fr = json_string_value(json_object_get(ch0, "finish_reason"));
+    if (fr)
+        snprintf(c->acc_finish, sizeof(c->acc_finish), "%s", fr);
+    if (t && *t) {
+        size_t n = strlen(t);
+        char *nb = realloc(c->acc_text, c->acc_len + n + 1);
+        if (nb == NULL)
+            return;
+        memcpy(nb + c->acc_len, t, n + 1);
+        c->acc_text = nb;
+        c->acc_len += n;
+    }
+}
+
 static void emit_chunk(void *ctx, const json_t *chunk)
 {
     struct chat *c = ctx;
@@ -386,6 +428,7 @@ static void emit_chunk(void *ctx, const json_t *chunk)
         if (json_is_integer(ct))
             c->usage.output_tokens = (long)json_integer_value(ct);
     }
+    accumulate(c, chunk);
     if (c->passthrough)
         return; /* the raw bytes were already relayed */
     /* Providers always report usage in a last chunk (choices: []); an OpenAI client sees it
@@ -463,6 +506,7 @@ static void on_stream_done(void *ctx, ap_status rc, long status, const char *bod
         } else {
             reply_upstream_error(c, rc, status, errmsg);
         }
+        flight_finish(c, NULL, r->status ? r->status : 502, r->error);
         goto out;
     }
     /* Tell the translator the body ended: a stream cut before its end marker is an error. */
@@ -475,6 +519,23 @@ static void on_stream_done(void *ctx, ap_status rc, long status, const char *bod
     account(c);
     if (rc != AP_OK)
         snprintf(r->error, sizeof(r->error), "%.40s: stream ended early: %.180s", c->prov->name, errmsg);
+    if (rc == AP_OK && c->cacheable) {
+        /* The whole answer, rebuilt from the stream, for the cache and any waiters. */
+        json_t *whole = json_pack("{s:s, s:s, s:s, s:[{s:i, s:{s:s, s:s}, s:s}], s:{s:I, s:I}}",
+                                  "id", r->id, "object", "chat.completion", "model", r->model,
+                                  "choices", "index", 0, "message", "role", "assistant",
+                                  "content", c->acc_text ? c->acc_text : "", "finish_reason",
+                                  c->acc_finish[0] ? c->acc_finish : "stop", "usage",
+                                  "prompt_tokens", (json_int_t)AP_MAX(c->usage.input_tokens, 0),
+                                  "completion_tokens",
+                                  (json_int_t)AP_MAX(c->usage.output_tokens, 0));
+        if (whole) {
+            cache_store(c, whole);
+            flight_finish(c, whole, 200, NULL);
+        }
+        json_decref(whole);
+    }
+    flight_finish(c, NULL, 502, r->error[0] ? r->error : "upstream stream failed");
     if (r->dialect == AP__DIALECT_ANTHROPIC) {
         char *s = NULL;
         size_t n = 0;
@@ -508,12 +569,17 @@ static void on_done(void *ctx, ap_status rc, long status, const char *body, size
         ap_error err = {0};
         json_t *resp = NULL;
         ap_status prc = c->ops->parse(c->prov, status, body ? body : "", len, &resp, &c->usage, &err);
-        if (prc != AP_OK)
+        if (prc != AP_OK) {
             reply_upstream_error(c, prc == AP_EUPSTREAM ? AP_EUPSTREAM : AP_ENETWORK, status,
                                  err.msg);
-        else
+        } else {
+            account(c);
+            cache_store(c, resp);
+            flight_finish(c, resp, 200, NULL);
             reply_canon(c, resp);
+        }
     }
+    flight_finish(c, NULL, r->status ? r->status : 502, r->error); /* no-op once finished */
     ap__req_unref(r);
     chat_free(c);
 }
@@ -544,25 +610,31 @@ static struct ap__ocr *thread_ocr(ap_error *err)
     return o;
 }
 
-static void local_stream(struct chat *c, json_t *resp)
+/* Send a complete canonical answer as a stream (local provider, cache hits, coalesced waiters):
+ * role + content, finish, usage (when asked), end. */
+static void stream_canon(struct chat *c, json_t *resp)
 {
     struct ap__req *r = c->r;
+    const char *fr = json_string_value(
+        json_object_get(json_array_get(json_object_get(resp, "choices"), 0), "finish_reason"));
     json_t *msg = json_object_get(json_array_get(json_object_get(resp, "choices"), 0), "message");
     const char *text = json_string_value(json_object_get(msg, "content"));
     const char *id = json_string_value(json_object_get(resp, "id"));
     json_t *chunks[3];
-    chunks[0] = json_pack("{s:s, s:s, s:s, s:[{s:i, s:{s:s, s:s}, s:n}]}", "id", id ? id : "local",
-                          "object", "chat.completion.chunk", "model", "local", "choices", "index",
+    chunks[0] = json_pack("{s:s, s:s, s:s, s:[{s:i, s:{s:s, s:s}, s:n}]}", "id", id ? id : r->id,
+                          "object", "chat.completion.chunk", "model", r->model, "choices", "index",
                           0, "delta", "role", "assistant", "content", text ? text : "",
                           "finish_reason");
-    chunks[1] = json_pack("{s:s, s:s, s:s, s:[{s:i, s:{}, s:s}]}", "id", id ? id : "local",
-                          "object", "chat.completion.chunk", "model", "local", "choices", "index",
-                          0, "delta", "finish_reason", "stop");
-    chunks[2] = json_pack("{s:s, s:s, s:s, s:[], s:{s:i, s:i, s:i}}", "id", id ? id : "local",
-                          "object", "chat.completion.chunk", "model", "local", "choices", "usage",
+    chunks[1] = json_pack("{s:s, s:s, s:s, s:[{s:i, s:{}, s:s}]}", "id", id ? id : r->id,
+                          "object", "chat.completion.chunk", "model", r->model, "choices", "index",
+                          0, "delta", "finish_reason", fr ? fr : "stop");
+    chunks[2] = json_pack("{s:s, s:s, s:s, s:[], s:{s:i, s:i, s:i}}", "id", id ? id : r->id,
+                          "object", "chat.completion.chunk", "model", r->model, "choices", "usage",
                           "prompt_tokens", 0, "completion_tokens", 0, "total_tokens", 0);
-    if (r->dialect == AP__DIALECT_ANTHROPIC)
-        c->aw = ap__anth_sse_new("local");
+    if (r->dialect == AP__DIALECT_ANTHROPIC && c->aw == NULL)
+        c->aw = ap__anth_sse_new(r->model);
+    bool was_cacheable = c->cacheable;
+    c->cacheable = false; /* not accumulated again */
     ap__req_stream_begin(r, chat_headers(c));
     for (int i = 0; i < 3; i++) {
         if (chunks[i])
@@ -579,7 +651,318 @@ static void local_stream(struct chat *c, json_t *resp)
         ap__req_stream_write(r, "data: [DONE]\n\n", 14);
     }
     ap__req_stream_end(r, false);
+    c->cacheable = was_cacheable;
     json_decref(resp);
+}
+
+/* Answer with a complete canonical response in the form the client asked for. */
+static void deliver(struct chat *c, json_t *resp)
+{
+    if (c->stream)
+        stream_canon(c, resp);
+    else
+        reply_canon(c, resp);
+}
+
+
+/* ---- cache ---------------------------------------------------------------------------------- */
+
+/* Task policy: TTL and whether a near-duplicate image may share an answer on pHash alone. */
+static void task_policy(const char *task, bool has_schema, long *ttl, bool *tolerant)
+{
+    static const struct {
+        const char *task;
+        long ttl;
+        bool tolerant;
+    } p[] = {{"invoice_extraction", 7 * 86400, false}, {"describe", 30 * 86400, true},
+             {"classify", 14 * 86400, true},           {"document_qa", 3600, false},
+             {"chat", 86400, false}};
+    *ttl = 86400;
+    *tolerant = false;
+    for (size_t i = 0; i < sizeof(p) / sizeof(p[0]); i++)
+        if (strcmp(p[i].task, task) == 0) {
+            *ttl = p[i].ttl;
+            *tolerant = p[i].tolerant;
+        }
+    if (has_schema) /* an answer with a schema is an extraction, whatever the task says */
+        *tolerant = false;
+}
+
+/* The exact key: task, model, prompt version, preprocessing settings, the request with each
+ * image replaced by its processed SHA-256 (never a URL or the raw upload), and the images. */
+static void cache_key(struct chat *c, const char *target)
+{
+    struct ap__req *r = c->r;
+    const ap_task_conf *tc = ap_config_task(r->gw->cfg, c->task);
+    json_t *norm = json_deep_copy(c->canon);
+    json_object_del(norm, "stream");
+    json_object_del(norm, "stream_options");
+    size_t mi, pi, k = 0;
+    json_t *m, *p;
+    json_array_foreach(json_object_get(norm, "messages"), mi, m)
+    {
+        json_array_foreach(json_object_get(m, "content"), pi, p)
+        {
+            const char *type = json_string_value(json_object_get(p, "type"));
+            /* A placeholder, not the image's hash: this JSON is part of the "shape" (the
+             * near-match group), and the images enter the key by ap_cache_key_image(). */
+            if (type && strcmp(type, "image_url") == 0 && k < c->n_key_img) {
+                k++;
+                json_object_set_new(json_object_get(p, "image_url"), "url", json_string("image"));
+            }
+        }
+    }
+    char *req = json_dumps(norm, JSON_COMPACT | JSON_SORT_KEYS);
+    json_decref(norm);
+    const ap_prep_opts *po = &r->gw->cfg->prep;
+    char prep[96];
+    snprintf(prep, sizeof(prep), "%s;q%d;e%d;bg%02x%02x%02x", target, po->quality,
+             (int)po->encoding, po->background[0], po->background[1], po->background[2]);
+    const char *pv = tc && tc->prompt_version ? tc->prompt_version : "builtin-1";
+    ap_cache_key_builder *b = ap_cache_key_begin();
+    ap_cache_key_field(b, "task", c->task, strlen(c->task));
+    ap_cache_key_field(b, "model", r->model, strlen(r->model));
+    ap_cache_key_field(b, "prompt_version", pv, strlen(pv));
+    ap_cache_key_field(b, "prep", prep, strlen(prep));
+    ap_cache_key_field(b, "request", req ? req : "", req ? strlen(req) : 0);
+    free(req);
+    for (size_t i = 0; i < c->n_key_img; i++) {
+        uint8_t sha[32];
+        for (int j = 0; j < 32; j++) {
+            unsigned v = 0;
+            sscanf(c->img_sha[i] + 2 * j, "%2x", &v);
+            sha[j] = (uint8_t)v;
+        }
+        ap_cache_key_image(b, sha, c->img_phash[i]);
+    }
+    ap_error err = {0};
+    if (ap_cache_key_end(b, &c->key, &err) != AP_OK)
+        c->cacheable = false;
+}
+
+/* The OCR-text fingerprint of the request's images (the content check for extraction). */
+static bool content_fingerprint(const uint8_t *const *imgs, const size_t *lens, size_t n,
+                                ap_cache_key *key)
+{
+    ap_error err = {0};
+    struct ap__ocr *ocr = thread_ocr(&err);
+    if (ocr == NULL)
+        return false;
+    char *all = NULL;
+    size_t len = 0;
+    for (size_t i = 0; i < n; i++) {
+        struct ap__ocr_page page = {0};
+        if (ap__ocr_image(ocr, imgs[i], lens[i], &page, &err) != AP_OK) {
+            free(all);
+            return false;
+        }
+        char *nb = realloc(all, len + page.text_len + 2);
+        if (nb) {
+            all = nb;
+            memcpy(all + len, page.text, page.text_len);
+            len += page.text_len;
+            all[len++] = '\f';
+            all[len] = '\0';
+        }
+        ap__ocr_page_release(&page);
+    }
+    ap_status rc = ap_cache_key_content(key, all ? all : "", len, &err);
+    free(all);
+    return rc == AP_OK && key->has_content;
+}
+
+struct ap__flight {
+    uint8_t key[32];
+    struct chat *waiters;
+    struct ap__flight *next;
+};
+
+/* Join the flight for c's key: true when another request is already asking upstream (c now
+ * waits for its answer), false when c leads. */
+static bool flight_join(struct chat *c)
+{
+    struct ap_gateway *gw = c->r->gw;
+    pthread_mutex_lock(&gw->flight_mu);
+    for (struct ap__flight *f = gw->flights; f; f = f->next)
+        if (memcmp(f->key, c->key.exact, 32) == 0) {
+            c->next_waiter = f->waiters;
+            f->waiters = c;
+            pthread_mutex_unlock(&gw->flight_mu);
+            return true;
+        }
+    struct ap__flight *f = ap__xcalloc(1, sizeof(*f));
+    memcpy(f->key, c->key.exact, 32);
+    f->next = gw->flights;
+    gw->flights = f;
+    c->leader = true;
+    pthread_mutex_unlock(&gw->flight_mu);
+    return false;
+}
+
+static void deliver(struct chat *c, json_t *resp);
+
+/* The leader is done: hand its answer (or its failure) to every waiter. */
+static void flight_finish(struct chat *c, const json_t *resp, unsigned status, const char *msg)
+{
+    if (!c->leader)
+        return;
+    c->leader = false;
+    struct ap_gateway *gw = c->r->gw;
+    struct chat *w = NULL;
+    pthread_mutex_lock(&gw->flight_mu);
+    for (struct ap__flight **pp = &gw->flights; *pp; pp = &(*pp)->next)
+        if (memcmp((*pp)->key, c->key.exact, 32) == 0) {
+            struct ap__flight *f = *pp;
+            *pp = f->next;
+            w = f->waiters;
+            free(f);
+            break;
+        }
+    pthread_mutex_unlock(&gw->flight_mu);
+    while (w) {
+        struct chat *next = w->next_waiter;
+        struct ap__req *wr = w->r;
+        wr->cache_result = "coalesced";
+        w->cache_hdr = "coalesced";
+        if (resp) {
+            w->from_cache = true;
+            deliver(w, json_deep_copy(resp));
+        } else {
+            ap__req_error(wr, status ? status : 502, "upstream_error", NULL, "%s",
+                          msg ? msg : "upstream failed");
+        }
+        ap__req_unref(wr);
+        chat_free(w);
+        w = next;
+    }
+}
+
+struct store_job {
+    struct ap_gateway *gw;
+    ap_cache_key key;
+    char task[64];
+    long ttl;
+    bool need_content;
+    char *value, *meta;
+    uint8_t *imgs[AP_CACHE_MAX_IMAGES];
+    size_t lens[AP_CACHE_MAX_IMAGES], n;
+};
+
+static void store_run(void *arg)
+{
+    struct store_job *j = arg;
+    ap_error err = {0};
+    /* Without a fingerprint (no text found, OCR unavailable) the entry is still stored: it
+     * can then only match exactly, never as a near-duplicate of an extraction task. */
+    if (j->need_content &&
+        !content_fingerprint((const uint8_t *const *)j->imgs, j->lens, j->n, &j->key))
+        j->key.has_content = false;
+    ap_status rc = ap_cache_put(j->gw->cache, &j->key, j->task, j->value, strlen(j->value),
+                                j->meta, j->meta ? strlen(j->meta) : 0, j->ttl, &err);
+    ap__cache_backend_state(j->gw, rc != AP_ENETWORK, err.msg);
+    for (size_t i = 0; i < j->n; i++)
+        free(j->imgs[i]);
+    free(j->value);
+    free(j->meta);
+    free(j);
+}
+
+/* Store a good answer, off the request's path (on the worker pool): errors, refusals and
+ * truncated answers are not cached. */
+static void cache_store(struct chat *c, const json_t *resp)
+{
+    struct ap__req *r = c->r;
+    if (!c->cacheable || c->from_cache || r->gw->cache == NULL)
+        return;
+    const char *fr = json_string_value(
+        json_object_get(json_array_get(json_object_get(resp, "choices"), 0), "finish_reason"));
+    if (fr == NULL || strcmp(fr, "stop") != 0)
+        return;
+    struct store_job *j = ap__xcalloc(1, sizeof(*j));
+    j->gw = r->gw;
+    j->key = c->key;
+    snprintf(j->task, sizeof(j->task), "%s", c->task);
+    j->ttl = c->ttl_s;
+    j->value = json_dumps(resp, JSON_COMPACT);
+    json_t *meta = json_pack("{s:s, s:s, s:f}", "model", r->model, "provider", r->provider,
+                             "cost_usd", r->cost_usd);
+    j->meta = meta ? json_dumps(meta, JSON_COMPACT) : NULL;
+    json_decref(meta);
+    /* Extraction-like tasks may only match near-duplicates with the same text: keep the
+     * fingerprint with the entry (computed in the job, not on the request's path). */
+    j->need_content = !c->tolerant && c->n_key_img > 0;
+    if (j->need_content)
+        for (size_t i = 0; i < c->n_key_img; i++) {
+            j->imgs[i] = c->img_bytes[i];
+            j->lens[i] = c->img_len[i];
+            c->img_bytes[i] = NULL;
+            j->n++;
+        }
+    if (j->value == NULL || ap__pool_submit(r->gw->pool, store_run, j) != 0) {
+        for (size_t i = 0; i < j->n; i++)
+            free(j->imgs[i]);
+        free(j->value);
+        free(j->meta);
+        free(j);
+    }
+}
+
+/*
+ * Look the request up. Returns true when it was answered from the cache. A near candidate for
+ * an extraction-like task is only accepted after the content check (OCR text fingerprint).
+ */
+static bool cache_lookup(struct chat *c)
+{
+    struct ap__req *r = c->r;
+    struct ap_gateway *gw = r->gw;
+    ap_cache_hit hit = {0};
+    ap_error err = {0};
+    ap_status rc = ap_cache_get(gw->cache, &c->key, c->task, gw->near_threshold, true, &hit, &err);
+    if (rc != AP_OK) {
+        ap__cache_backend_state(gw, false, err.msg);
+        c->cacheable = false; /* serve without cache */
+        r->cache_result = "off";
+        c->cache_hdr = "off";
+        return false;
+    }
+    if (hit.kind == AP_CACHE_HIT_NEAR && !c->tolerant) {
+        /* A pHash neighbour exists; it may be the same template with other numbers. */
+        ap_cache_hit_release(&hit);
+        if (!content_fingerprint((const uint8_t *const *)c->img_bytes, c->img_len,
+                                 c->n_key_img, &c->key))
+            return false;
+        rc = ap_cache_get(gw->cache, &c->key, c->task, gw->near_threshold, false, &hit, &err);
+        if (rc != AP_OK)
+            return false;
+    }
+    const char *lab = hit.kind == AP_CACHE_HIT_EXACT  ? "hit_exact"
+                      : hit.kind == AP_CACHE_HIT_NEAR ? "hit_near"
+                                                      : "miss";
+    ap__metrics_add(gw->metrics, "aperture_cache_requests_total",
+                    (const char *[]){"result", lab, NULL}, 1);
+    if (hit.kind == AP_CACHE_MISS) {
+        ap_cache_hit_release(&hit);
+        return false;
+    }
+    json_t *resp = json_loadb(hit.value, hit.len, 0, NULL);
+    json_t *meta = hit.meta ? json_loadb(hit.meta, hit.meta_len, 0, NULL) : NULL;
+    double saved = json_real_value(json_object_get(meta, "cost_usd"));
+    json_decref(meta);
+    if (resp == NULL) {
+        ap_cache_hit_release(&hit);
+        return false;
+    }
+    if (saved > 0)
+        ap__metrics_add(gw->metrics, "aperture_cache_saved_usd_total",
+                        (const char *[]){"model", r->model, NULL}, saved);
+    r->cache_result = hit.kind == AP_CACHE_HIT_EXACT ? "hit-exact" : "hit-near";
+    r->cache_distance = hit.distance;
+    c->cache_hdr = r->cache_result;
+    c->from_cache = true;
+    snprintf(r->route_method, sizeof(r->route_method), "cache");
+    ap_cache_hit_release(&hit);
+    deliver(c, resp);
+    return true;
 }
 
 /* ---- the handler -------------------------------------------------------------------------------- */
@@ -695,6 +1078,17 @@ static bool prepare_images(struct chat *c, uint8_t ***ocr, size_t **ocr_len, siz
                               err.msg);
                 return false;
             }
+            /* What the cache key and the content check need: the processed image's
+             * SHA-256 and pHash, and its bytes (the content check OCRs them). */
+            if (c->n_key_img < AP_CACHE_MAX_IMAGES && r->gw->cache) {
+                size_t k = c->n_key_img++;
+                memcpy(c->img_sha[k], res.sha256_hex, 65);
+                c->img_phash[k] = res.phash;
+                c->img_bytes[k] = malloc(res.out_len);
+                if (c->img_bytes[k])
+                    memcpy(c->img_bytes[k], res.out, res.out_len);
+                c->img_len[k] = c->img_bytes[k] ? res.out_len : 0;
+            }
             if (local) {
                 *ocr = realloc(*ocr, sizeof(**ocr) * (*n_ocr + 1));
                 *ocr_len = realloc(*ocr_len, sizeof(**ocr_len) * (*n_ocr + 1));
@@ -795,11 +1189,46 @@ void ap__chat_run(struct ap__req *r, json_t *canon)
     snprintf(c->token_model, sizeof(c->token_model), "%s",
              c->mconf && c->mconf->token_model ? c->mconf->token_model : c->upstream);
     c->stream = json_is_true(json_object_get(c->canon, "stream"));
+    c->want_usage =
+        json_is_true(json_object_get(json_object_get(c->canon, "stream_options"), "include_usage"));
     if (gw->cfg->log_prompts)
         r->prompt = prompt_text(c->canon);
+    snprintf(c->task, sizeof(c->task), "%s", r->task_header ? r->task_header : "chat");
 
     if (!prepare_images(c, &ocr, &ocr_len, &n_ocr))
         goto out;
+
+    /* The cache: exact, then near-duplicate where the task allows; then coalescing. */
+    r->cache_result = "off";
+    c->cache_hdr = "off";
+    if (gw->cache) {
+        bool bypass = (r->cache_control && strstr(r->cache_control, "no-cache")) ||
+                      (r->cache_header && strcmp(r->cache_header, "bypass") == 0);
+        json_t *rf = json_object_get(c->canon, "response_format");
+        bool schema = rf && json_object_get(rf, "json_schema") != NULL;
+        task_policy(c->task, schema, &c->ttl_s, &c->tolerant);
+        if (r->cache_ttl_header && atol(r->cache_ttl_header) > 0)
+            c->ttl_s = atol(r->cache_ttl_header);
+        c->cacheable = true;
+        cache_key(c, c->prov->type == AP_PROVIDER_LOCAL ? "ocr"
+                                                        : target_for(c->mconf, c->prov, NULL));
+        if (bypass) {
+            r->cache_result = "bypass";
+            c->cache_hdr = "bypass";
+            ap__metrics_add(gw->metrics, "aperture_cache_requests_total",
+                            (const char *[]){"result", "bypass", NULL}, 1);
+        } else {
+            r->cache_result = "miss";
+            c->cache_hdr = "miss";
+            if (cache_lookup(c))
+                goto out;
+        }
+        if (c->cacheable && flight_join(c)) {
+            ap__req_ref(r); /* held while it waits for the leader */
+            c = NULL;       /* owned by the flight now */
+            goto out;
+        }
+    }
 
     if (c->prov->type == AP_PROVIDER_LOCAL) {
         json_t *resp = NULL;
@@ -808,17 +1237,18 @@ void ap__chat_run(struct ap__req *r, json_t *canon)
         struct ap__ocr *engine = thread_ocr(&err);
         if (engine == NULL) {
             ap__req_error(r, 500, "api_error", NULL, "local: %s", err.msg);
+            flight_finish(c, NULL, 500, r->error);
             goto out;
         }
         if (ap__local_answer_ocr(gw->cfg, engine, task, c->canon, (const uint8_t *const *)ocr,
                                  ocr_len, n_ocr, &resp, &err) != AP_OK) {
             ap__req_error(r, 400, "invalid_request_error", NULL, "%s", err.msg);
+            flight_finish(c, NULL, 400, r->error);
             goto out;
         }
-        if (c->stream)
-            local_stream(c, resp);
-        else
-            reply_canon(c, resp);
+        cache_store(c, resp);
+        flight_finish(c, resp, 200, NULL);
+        deliver(c, resp);
         goto out;
     }
 
@@ -826,12 +1256,14 @@ void ap__chat_run(struct ap__req *r, json_t *canon)
     if (c->ops == NULL) {
         ap__req_error(r, 500, "api_error", NULL, "provider \"%s\" has no implementation",
                       c->prov->name);
+        flight_finish(c, NULL, 500, r->error);
         goto out;
     }
     struct ap__http_call *call = ap__xcalloc(1, sizeof(*call));
     if (c->ops->build(c->prov, c->upstream, c->canon, c->stream, &call->req, &err) != AP_OK) {
         free(call);
         ap__req_error(r, 400, "invalid_request_error", NULL, "%s", err.msg);
+        flight_finish(c, NULL, 400, r->error);
         goto out;
     }
     call->connect_timeout_ms = c->prov->connect_timeout_ms > 0 ? c->prov->connect_timeout_ms
@@ -842,7 +1274,6 @@ void ap__chat_run(struct ap__req *r, json_t *canon)
     c->call = call;
     if (c->stream) {
         json_t *so = json_object_get(c->canon, "stream_options");
-        c->want_usage = json_is_true(json_object_get(so, "include_usage"));
         /* Byte-for-byte relay when nothing needs changing: OpenAI wire to an OpenAI client
          * that chose its own stream_options (otherwise build() adds include_usage for our
          * accounting and the usage chunk must be filtered out). */

@@ -7,6 +7,8 @@
 #include <string.h>
 #include <strings.h>
 
+#include <openssl/crypto.h>
+
 #include "aperture/hash.h"
 #include "aperture/prep.h"
 #include "aperture/tokens.h"
@@ -294,4 +296,64 @@ void ap__api_models(struct ap__req *r)
         json_array_append_new(data, json_pack("{s:s, s:s, s:i, s:s}", "id", "local", "object",
                                               "model", "created", 0, "owned_by", "local"));
     ap__req_respond_json(r, 200, json_pack("{s:s, s:o}", "object", "list", "data", data), NULL);
+}
+
+/*
+ * GET /v1/admin/cache: stats. DELETE /v1/admin/cache?key=HEX | ?task=NAME | ?all=1: purge.
+ * Behind the admin key (APERTURE_ADMIN_KEY, sent as a bearer token or x-api-key); without one
+ * configured the endpoint is off (403).
+ */
+void ap__api_admin_cache(struct ap__req *r)
+{
+    struct ap_gateway *gw = r->gw;
+    if (gw->admin_key_sha256[0] == '\0') {
+        ap__req_error(r, 403, "forbidden", NULL, "admin endpoints are off: set APERTURE_ADMIN_KEY");
+        return;
+    }
+    const char *authz = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Authorization");
+    const char *cred = authz && strncasecmp(authz, "Bearer ", 7) == 0
+                           ? authz + 7
+                           : MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "x-api-key");
+    uint8_t d[32];
+    char hex[65] = "";
+    if (cred && ap_sha256((const uint8_t *)cred, strlen(cred), d, NULL) == AP_OK)
+        ap_sha256_hex(d, hex);
+    if (CRYPTO_memcmp(hex, gw->admin_key_sha256, 64) != 0 || hex[0] == '\0') {
+        ap__req_error(r, 401, "authentication_error", NULL, "missing or invalid admin key");
+        return;
+    }
+    if (gw->cache == NULL) {
+        ap__req_error(r, 404, "not_found", NULL, "the cache is off");
+        return;
+    }
+    ap_error err = {0};
+    if (r->is_delete) {
+        const char *key = MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, "key");
+        const char *task = MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, "task");
+        const char *all = MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, "all");
+        if (!key && !task && !(all && strcmp(all, "1") == 0)) {
+            ap__req_error(r, 400, "invalid_request_error", NULL,
+                          "purge needs ?key=HEX, ?task=NAME or ?all=1");
+            return;
+        }
+        long n = 0;
+        ap_status rc = ap_cache_purge(gw->cache, key, task, &n, &err);
+        if (rc != AP_OK) {
+            ap__req_error(r, rc == AP_EINVAL ? 400 : 503, ap_strerror(rc), NULL, "%s", err.msg);
+            return;
+        }
+        ap__req_respond_json(r, 200, json_pack("{s:I}", "purged", (json_int_t)n), NULL);
+        return;
+    }
+    ap_cache_stats st;
+    if (ap_cache_stats_get(gw->cache, &st, &err) != AP_OK) {
+        ap__req_error(r, 503, "unavailable", NULL, "%s", err.msg);
+        return;
+    }
+    ap__req_respond_json(r, 200,
+                         json_pack("{s:s, s:b, s:I, s:I, s:i}", "backend", st.backend,
+                                   "backend_up", st.backend_up, "entries", (json_int_t)st.entries,
+                                   "bytes", (json_int_t)st.bytes, "near_threshold",
+                                   gw->near_threshold),
+                         NULL);
 }

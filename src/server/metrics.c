@@ -39,6 +39,11 @@ static const struct family_def {
     {"aperture_image_bytes_total", COUNTER, "Image bytes in (as received) and out (as sent).", 0,
      0},
     {"aperture_inflight_requests", GAUGE, "Requests being handled now.", 0, 0},
+    {"aperture_cache_requests_total", COUNTER, "Cache lookups by result.", 0, 0},
+    {"aperture_cache_entries", GAUGE, "Entries in the cache.", 0, 0},
+    {"aperture_cache_bytes", GAUGE, "Bytes of cached answers.", 0, 0},
+    {"aperture_cache_saved_usd_total", COUNTER, "USD not spent thanks to cache hits.", 0, 0},
+    {"aperture_cache_backend_up", GAUGE, "1 when the cache backend answers, else 0.", 0, 0},
 };
 #define N_FAMILIES (sizeof(defs) / sizeof(defs[0]))
 

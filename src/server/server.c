@@ -48,6 +48,9 @@ void ap__req_unref(struct ap__req *r)
     free(r->query_format);
     free(r->query_response);
     free(r->prompt);
+    free(r->cache_control);
+    free(r->cache_header);
+    free(r->cache_ttl_header);
     pthread_mutex_destroy(&r->mu);
     free(r);
 }
@@ -254,11 +257,17 @@ void ap__req_log(struct ap__req *r)
         "processed_bytes", (json_int_t)(f ? f->out_bytes : 0), "preprocessing_ms", r->prep_ms,
         "images", (int)r->n_img, "image_token_count", (json_int_t)tok, "tokens_saved",
         (json_int_t)saved, "provider", r->provider, "model", r->model, "upstream_ms",
-        r->upstream_ms, "total_latency_ms", total, "cost_usd", r->cost_usd, "cache_hit", 0,
+        r->upstream_ms, "total_latency_ms", total, "cost_usd", r->cost_usd, "cache_hit",
+        r->cache_result && strncmp(r->cache_result, "hit", 3) == 0,
         "extraction_method", r->route_method[0] ? r->route_method : r->provider, "input_tokens",
         (json_int_t)r->in_tokens, "output_tokens", (json_int_t)r->out_tokens);
     if (j && r->error[0])
         json_object_set_new(j, "error", json_string(r->error));
+    if (j && r->cache_result) {
+        json_object_set_new(j, "cache_kind", json_string(r->cache_result));
+        if (strcmp(r->cache_result, "hit-near") == 0)
+            json_object_set_new(j, "hamming_distance", json_integer(r->cache_distance));
+    }
     if (j && r->prompt) /* set only when the config opts in (log_prompts) */
         json_object_set_new(j, "prompt", json_string(r->prompt));
     char *s = j ? json_dumps(j, JSON_COMPACT | JSON_REAL_PRECISION(12)) : NULL;
@@ -347,6 +356,17 @@ static void job(void *arg)
 static void handle_metrics(struct ap__req *r)
 {
     size_t len;
+    struct ap_gateway *gw = r->gw;
+    if (gw->cache) {
+        ap_cache_stats st;
+        if (ap_cache_stats_get(gw->cache, &st, NULL) == AP_OK) {
+            ap__metrics_set(gw->metrics, "aperture_cache_entries", NULL, (double)st.entries);
+            ap__metrics_set(gw->metrics, "aperture_cache_bytes", NULL, (double)st.bytes);
+            ap__cache_backend_state(gw, st.backend_up, "cache backend unreachable");
+        } else {
+            ap__cache_backend_state(gw, false, "cache backend unreachable");
+        }
+    }
     char *s = ap__metrics_render(r->gw->metrics, &len);
     ap__req_respond(r, 200, "text/plain; version=0.0.4", s, len, NULL);
 }
@@ -394,6 +414,9 @@ static const struct route routes[] = {
     {"POST", "/v1/preprocess", "/v1/preprocess", AP__DIALECT_NATIVE, ap__api_preprocess, 1, 1},
     {"GET", "/v1/models", "/v1/models", AP__DIALECT_OPENAI, ap__api_models, 1, 0},
     {"GET", "/models", "/v1/models", AP__DIALECT_OPENAI, ap__api_models, 1, 0},
+    {"GET", "/v1/admin/cache", "/v1/admin/cache", AP__DIALECT_NATIVE, ap__api_admin_cache, 0, 1},
+    {"DELETE", "/v1/admin/cache", "/v1/admin/cache", AP__DIALECT_NATIVE, ap__api_admin_cache, 0,
+     1},
     {"GET", "/metrics", "/metrics", AP__DIALECT_NATIVE, handle_metrics, 0, 0},
     {"GET", "/healthz", "/healthz", AP__DIALECT_NATIVE, handle_health, 0, 0},
     {"GET", "/readyz", "/readyz", AP__DIALECT_NATIVE, handle_ready, 0, 0},
@@ -505,6 +528,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         r->query_target = dup_header(c, MHD_GET_ARGUMENT_KIND, "target");
         r->query_format = dup_header(c, MHD_GET_ARGUMENT_KIND, "format");
         r->query_response = dup_header(c, MHD_GET_ARGUMENT_KIND, "response");
+        r->is_delete = strcmp(method, "DELETE") == 0;
+        r->cache_control = dup_header(c, MHD_HEADER_KIND, "Cache-Control");
+        r->cache_header = dup_header(c, MHD_HEADER_KIND, "x-aperture-cache");
+        r->cache_ttl_header = dup_header(c, MHD_HEADER_KIND, "x-aperture-cache-ttl");
         *con_cls = r;
         atomic_fetch_add(&gw->inflight, 1);
         ap__metrics_set(gw->metrics, "aperture_inflight_requests", NULL,
@@ -643,6 +670,80 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
 
 /* ---- lifecycle ------------------------------------------------------------------------------ */
 
+void ap__cache_backend_state(struct ap_gateway *gw, bool up, const char *why)
+{
+    ap__metrics_set(gw->metrics, "aperture_cache_backend_up", NULL, up ? 1 : 0);
+    if (up)
+        return;
+    /* Once per 30 s at most: a dead Redis must not flood the log. */
+    double now = ap__now_ms();
+    pthread_mutex_lock(&gw->log_mu);
+    if (now - gw->cache_logged_down > 30000) {
+        gw->cache_logged_down = now;
+        fprintf(gw->log, "{\"event\":\"cache_unavailable\",\"message\":");
+        json_t *m = json_string(why ? why : "");
+        char *ms = json_dumps(m, JSON_ENCODE_ANY);
+        fputs(ms ? ms : "\"\"", gw->log);
+        free(ms);
+        json_decref(m);
+        fputs("}\n", gw->log);
+        fflush(gw->log);
+    }
+    pthread_mutex_unlock(&gw->log_mu);
+}
+
+/*
+ * The cache: on by default with the embedded store (a SQLite file in the working directory);
+ * APERTURE_CACHE_URL picks the backend ("sqlite:///path.db", "redis://host:port/db");
+ * APERTURE_CACHE=off turns it off. A cache that cannot open leaves the gateway running
+ * without one, and says so.
+ */
+static void cache_log(void *ctx, const char *line)
+{
+    struct ap_gateway *gw = ctx;
+    json_t *j = json_pack("{s:s, s:s}", "event", "cache", "message", line);
+    char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    json_decref(j);
+    if (s) {
+        pthread_mutex_lock(&gw->log_mu);
+        fprintf(gw->log, "%s\n", s);
+        fflush(gw->log);
+        pthread_mutex_unlock(&gw->log_mu);
+        free(s);
+    }
+}
+
+static void open_cache(struct ap_gateway *gw)
+{
+    const char *off = getenv("APERTURE_CACHE");
+    const char *url = getenv("APERTURE_CACHE_URL");
+    const char *thr = getenv("APERTURE_CACHE_NEAR_THRESHOLD");
+    const char *admin = getenv("APERTURE_ADMIN_KEY");
+    gw->near_threshold = thr && *thr ? atoi(thr) : 6;
+    if (admin && *admin) {
+        uint8_t d[32];
+        if (ap_sha256((const uint8_t *)admin, strlen(admin), d, NULL) == AP_OK)
+            ap_sha256_hex(d, gw->admin_key_sha256);
+    }
+    if (off && (strcmp(off, "off") == 0 || strcmp(off, "0") == 0))
+        return;
+    ap_cache_opts o;
+    ap_cache_opts_init(&o);
+    if (url && *url)
+        o.url = url;
+    o.log_fn = cache_log;
+    o.log_ctx = gw;
+    ap_error err = {0};
+    if (ap_cache_open(&o, &gw->cache, &err) != AP_OK) {
+        gw->cache = NULL;
+        fprintf(gw->log, "{\"event\":\"cache_disabled\",\"message\":\"%s\"}\n",
+                ap_strerror(err.code));
+        ap__metrics_set(gw->metrics, "aperture_cache_backend_up", NULL, 0);
+        return;
+    }
+    ap__metrics_set(gw->metrics, "aperture_cache_backend_up", NULL, 1);
+}
+
 static bool is_loopback(const struct sockaddr_storage *ss)
 {
     if (ss->ss_family == AF_INET)
@@ -729,6 +830,8 @@ ap_status ap_gateway_start(const ap_config *cfg, ap_gateway **out, ap_error *err
         gw->own_log = true;
     }
     gw->metrics = ap__metrics_new();
+    pthread_mutex_init(&gw->flight_mu, NULL);
+    open_cache(gw);
     gw->pool = ap__pool_new(cfg->workers);
     gw->http = ap__http_new();
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
@@ -786,6 +889,8 @@ void ap_gateway_stop(ap_gateway *gw, long deadline_ms)
         nanosleep(&ts, NULL);
     }
     MHD_stop_daemon(gw->mhd);
+    ap_cache_close(gw->cache);
+    pthread_mutex_destroy(&gw->flight_mu);
     ap__metrics_free(gw->metrics);
     struct ap__bucket *b = gw->buckets;
     while (b) {

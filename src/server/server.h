@@ -22,6 +22,7 @@
 #include <jansson.h>
 #include <microhttpd.h>
 
+#include "aperture/cache.h"
 #include "aperture/config.h"
 #include "aperture/prep.h"
 #include "aperture/gateway.h"
@@ -47,6 +48,13 @@ struct ap_gateway {
     /* Per-client-key token buckets. */
     pthread_mutex_t rl_mu;
     struct ap__bucket *buckets;
+    /* The answer cache (NULL: off) and requests in flight by exact key (coalescing). */
+    ap_cache *cache;
+    int near_threshold;
+    char admin_key_sha256[65]; /* "" = admin endpoints off */
+    pthread_mutex_t flight_mu;
+    struct ap__flight *flights;
+    double cache_logged_down; /* last time "cache unreachable" was logged (ms) */
 };
 
 /* Facts about one image, for headers, the log line and /v1/analyze. */
@@ -98,6 +106,10 @@ struct ap__req {
     char error[256];
     char retry_after[32]; /* Retry-After for a 429/503 answer ("" = 1 s) */
     char *prompt;         /* the request's text, logged only when log_prompts is on */
+    const char *cache_result; /* static: "hit-exact", "hit-near", "miss", "bypass", "off" */
+    int cache_distance;
+    char *cache_control, *cache_header, *cache_ttl_header;
+    bool is_delete;
 };
 
 void ap__req_ref(struct ap__req *r);
@@ -139,6 +151,10 @@ void ap__api_chat(struct ap__req *r);      /* /v1/chat/completions and /v1/messa
 void ap__api_analyze(struct ap__req *r);   /* /v1/analyze */
 void ap__api_preprocess(struct ap__req *r);/* /v1/preprocess */
 void ap__api_models(struct ap__req *r);    /* /v1/models */
+void ap__api_admin_cache(struct ap__req *r);/* GET/DELETE /v1/admin/cache */
+
+/* Note the cache backend's state for the metric and, once per interval, the log. */
+void ap__cache_backend_state(struct ap_gateway *gw, bool up, const char *why);
 
 /* Decode base64 (standard or URL-safe, padding optional, whitespace ignored) into a malloc'd
  * buffer. Returns AP_EINVAL on bad input, AP_ETOOLARGE past max. */

@@ -21,7 +21,7 @@ test('SIGTERM drains a request in flight, then exits 0', async () => {
   const cfgPath = join(dir, 'aperture.yaml');
   writeFileSync(cfgPath, toYaml(gatewayConfig(fake)) + '\n');
   const child = spawn(APERTURE_BIN, ['serve', '--config', cfgPath, '--listen', '127.0.0.1:0', '--drain-seconds', '10'], {
-    env: { ...process.env, ...KEYS, APERTURE_LOG_FILE: '/dev/null' },
+    env: { ...process.env, ...KEYS, APERTURE_LOG_FILE: '/dev/null', APERTURE_CACHE: 'off' },
     stdio: ['ignore', 'ignore', 'pipe'],
   });
   let err = '';
