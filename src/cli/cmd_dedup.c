@@ -364,8 +364,8 @@ int cmd_dedup(int argc, char **argv)
     } else {
         if (n_dup_groups == 0)
             printf("\nno duplicates\n");
-        printf("\n%zu groups of duplicates: %zu model calls instead of %zu\n", n_dup_groups,
-               n_groups, n_ok);
+        printf("\n%zu duplicate group%s: %zu model calls instead of %zu\n", n_dup_groups,
+               n_dup_groups == 1 ? "" : "s", n_groups, n_ok);
         printf("%zu model calls saved (%zu exact, %zu near at threshold %ld)\n", saved, exact_saved,
                saved - exact_saved, threshold);
     }
