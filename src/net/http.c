@@ -18,6 +18,7 @@ struct ap__http {
     pthread_t thread;
     pthread_mutex_t mu;
     struct ap__http_call *queue;
+    struct ap__http_call *delayed; /* loop thread only: calls waiting for their due time */
     struct ap__http_call *active; /* loop thread only */
     bool stopping;
     atomic_size_t inflight;
@@ -158,10 +159,28 @@ static void *loop(void *arg)
         h->queue = NULL;
         bool stopping = h->stopping;
         pthread_mutex_unlock(&h->mu);
+        double now = ap__now_ms();
         while (q) {
             struct ap__http_call *next = q->next;
-            start_call(h, q);
+            if (q->due_ms > now && !stopping) {
+                q->next = h->delayed;
+                h->delayed = q;
+            } else {
+                start_call(h, q);
+            }
             q = next;
+        }
+        /* Start the delayed calls that are due; note when the next one is. */
+        double next_due = now + 1000;
+        for (struct ap__http_call **pp = &h->delayed; *pp;) {
+            struct ap__http_call *d = *pp;
+            if (d->due_ms <= now || stopping) {
+                *pp = d->next;
+                start_call(h, d);
+            } else {
+                next_due = AP_MIN(next_due, d->due_ms);
+                pp = &d->next;
+            }
         }
         int running = 0;
         curl_multi_perform(h->multi, &running);
@@ -176,7 +195,8 @@ static void *loop(void *arg)
                 finish(h, h->active->easy, CURLE_ABORTED_BY_CALLBACK);
             return NULL;
         }
-        curl_multi_poll(h->multi, NULL, 0, 1000, NULL);
+        int wait = (int)AP_MAX(0.0, AP_MIN(1000.0, next_due - ap__now_ms()));
+        curl_multi_poll(h->multi, NULL, 0, wait, NULL);
     }
 }
 
@@ -192,6 +212,12 @@ struct ap__http *ap__http_new(void)
     if (pthread_create(&h->thread, NULL, loop, h) != 0)
         abort();
     return h;
+}
+
+int ap__http_submit_after(struct ap__http *h, struct ap__http_call *c, long delay_ms)
+{
+    c->due_ms = ap__now_ms() + (double)(delay_ms > 0 ? delay_ms : 0);
+    return ap__http_submit(h, c);
 }
 
 int ap__http_submit(struct ap__http *h, struct ap__http_call *c)

@@ -39,6 +39,7 @@ struct ap__http_call {
     long status;
     bool aborted_too_large;
     struct curl_slist *slist;
+    double due_ms;                      /* start no earlier than this (ap__now_ms clock) */
     struct ap__http_call *next;         /* submission queue */
     struct ap__http_call *aprev, *anext; /* active list */
 };
@@ -47,6 +48,9 @@ struct ap__http *ap__http_new(void);
 /* Submit a call (ownership moves to the loop). Returns 0, or -1 if the loop is stopping, in
  * which case on_done has been called with AP_ENETWORK. */
 int ap__http_submit(struct ap__http *h, struct ap__http_call *call);
+/* The same, started no earlier than delay_ms from now (a retry's backoff): the wait holds no
+ * thread, the loop starts the call when it is due. */
+int ap__http_submit_after(struct ap__http *h, struct ap__http_call *call, long delay_ms);
 /* Transfers in flight. */
 size_t ap__http_inflight(struct ap__http *h);
 /* Abort everything in flight (each on_done gets AP_ENETWORK), stop the loop, free. */

@@ -210,7 +210,7 @@ struct chat {
     struct ap__http_call *call; /* valid until its on_done returns */
     struct ap__usage usage;
     /* Cache. */
-    bool cacheable, tolerant, from_cache, leader;
+    bool cacheable, near, tolerant, from_cache, leader;
     long ttl_s;
     char task[64];
     ap_cache_key key;
@@ -667,25 +667,36 @@ static void deliver(struct chat *c, json_t *resp)
 
 /* ---- cache ---------------------------------------------------------------------------------- */
 
-/* Task policy: TTL and whether a near-duplicate image may share an answer on pHash alone. */
-static void task_policy(const char *task, bool has_schema, long *ttl, bool *tolerant)
+/*
+ * Task policy: TTL, whether near-duplicate images may share an answer at all (near), and
+ * whether on pHash alone (tolerant) or only with equal OCR text. The generic "chat" task (the
+ * proxy endpoints' default) matches exactly only: its answers are about this very image, and a
+ * content fingerprint would cost an OCR pass per stored answer.
+ */
+static void task_policy(const char *task, bool has_schema, long *ttl, bool *near, bool *tolerant)
 {
     static const struct {
         const char *task;
         long ttl;
-        bool tolerant;
-    } p[] = {{"invoice_extraction", 7 * 86400, false}, {"describe", 30 * 86400, true},
-             {"classify", 14 * 86400, true},           {"document_qa", 3600, false},
-             {"chat", 86400, false}};
+        bool near, tolerant;
+    } p[] = {{"invoice_extraction", 7 * 86400, true, false},
+             {"describe", 30 * 86400, true, true},
+             {"classify", 14 * 86400, true, true},
+             {"document_qa", 3600, true, false},
+             {"chat", 86400, false, false}};
     *ttl = 86400;
+    *near = false;
     *tolerant = false;
     for (size_t i = 0; i < sizeof(p) / sizeof(p[0]); i++)
         if (strcmp(p[i].task, task) == 0) {
             *ttl = p[i].ttl;
+            *near = p[i].near;
             *tolerant = p[i].tolerant;
         }
-    if (has_schema) /* an answer with a schema is an extraction, whatever the task says */
+    if (has_schema) { /* an answer with a schema is an extraction, whatever the task says */
+        *near = true;
         *tolerant = false;
+    }
 }
 
 /* The exact key: task, model, prompt version, preprocessing settings, the request with each
@@ -890,7 +901,7 @@ static void cache_store(struct chat *c, const json_t *resp)
     json_decref(meta);
     /* Extraction-like tasks may only match near-duplicates with the same text: keep the
      * fingerprint with the entry (computed in the job, not on the request's path). */
-    j->need_content = !c->tolerant && c->n_key_img > 0;
+    j->need_content = c->near && !c->tolerant && c->n_key_img > 0;
     if (j->need_content)
         for (size_t i = 0; i < c->n_key_img; i++) {
             j->imgs[i] = c->img_bytes[i];
@@ -917,7 +928,8 @@ static bool cache_lookup(struct chat *c)
     struct ap_gateway *gw = r->gw;
     ap_cache_hit hit = {0};
     ap_error err = {0};
-    ap_status rc = ap_cache_get(gw->cache, &c->key, c->task, gw->near_threshold, true, &hit, &err);
+    int threshold = c->near ? gw->near_threshold : -1;
+    ap_status rc = ap_cache_get(gw->cache, &c->key, c->task, threshold, true, &hit, &err);
     if (rc != AP_OK) {
         ap__cache_backend_state(gw, false, err.msg);
         c->cacheable = false; /* serve without cache */
@@ -1206,7 +1218,7 @@ void ap__chat_run(struct ap__req *r, json_t *canon)
                       (r->cache_header && strcmp(r->cache_header, "bypass") == 0);
         json_t *rf = json_object_get(c->canon, "response_format");
         bool schema = rf && json_object_get(rf, "json_schema") != NULL;
-        task_policy(c->task, schema, &c->ttl_s, &c->tolerant);
+        task_policy(c->task, schema, &c->ttl_s, &c->near, &c->tolerant);
         if (r->cache_ttl_header && atol(r->cache_ttl_header) > 0)
             c->ttl_s = atol(r->cache_ttl_header);
         c->cacheable = true;
