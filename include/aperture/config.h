@@ -14,6 +14,10 @@
  * in ap_provider_conf.api_key; nothing in this module ever prints them. Client keys are stored
  * and compared as SHA-256 hashes.
  *
+ * Resilience: `retry` and `breaker` hold the retry policy and the breaker options
+ * (resilience.h); models and tasks may list `fallbacks`, the steps a request falls through to,
+ * resolved per request by ap_config_chain().
+ *
  * Threading: an ap_config is immutable after ap_config_load() returns; share it freely.
  */
 #ifndef APERTURE_CONFIG_H
@@ -24,6 +28,7 @@
 #include <stdint.h>
 
 #include "aperture/prep.h"
+#include "aperture/resilience.h"
 #include "aperture/status.h"
 #include "aperture/tokens.h"
 
@@ -64,6 +69,9 @@ typedef struct ap_model_conf {
     /* A self-hosted model's image-token rule (YAML token_patch); replaces token_model's rule. */
     bool has_token_patch;
     ap_tokens_patch_formula token_patch;
+    /* Where a request for this model goes when it fails: model names, "review" last if at all. */
+    char **fallbacks;
+    size_t n_fallbacks;
 } ap_model_conf;
 
 typedef struct ap_task_conf {
@@ -71,6 +79,9 @@ typedef struct ap_task_conf {
     char *model;         /* default model for the task */
     char *prompt;        /* default prompt */
     char *prompt_version; /* default "1" */
+    /* The task's chain after its model; when set, it replaces the model's fallbacks. */
+    char **fallbacks;
+    size_t n_fallbacks;
 } ap_task_conf;
 
 typedef struct ap_config {
@@ -99,6 +110,9 @@ typedef struct ap_config {
     size_t n_fetch_allow_hosts;
     long fetch_timeout_ms;     /* default 10,000 */
     size_t fetch_max_bytes;    /* default = prep.max_input_bytes */
+    /* Resilience (resilience.h has the defaults). breaker.on_change is NULL here. */
+    ap_retry_policy retry;
+    ap_breaker_opts breaker;
     /* Logs. */
     char *log_file;            /* NULL = stderr */
     bool log_prompts;          /* default false */
@@ -148,6 +162,45 @@ AP_API AP_NODISCARD ap_status ap_config_route(const ap_config *cfg, const char *
 
 /* The task's configuration, or NULL. */
 AP_API const ap_task_conf *ap_config_task(const ap_config *cfg, const char *name);
+
+/* Most fallbacks one model or task may list; a chain has at most one more step. */
+#define AP_CONFIG_MAX_FALLBACKS 15
+#define AP_CHAIN_MAX            (AP_CONFIG_MAX_FALLBACKS + 1)
+/* The fallback step that stores the request for human review instead of calling a model. */
+#define AP_REVIEW_STEP "review"
+/* ap_chain_step.deployment's size; longer keys (client-chosen model names) are cut. */
+#define AP_DEPLOYMENT_MAX 320
+
+typedef struct ap_chain_step {
+    const char *model;                /* the model name, or "review" (borrowed, see below) */
+    bool review;                      /* the review step: no model, no provider */
+    const ap_model_conf *model_conf;  /* NULL when routed by prefix, and for review */
+    const ap_provider_conf *provider; /* NULL for review */
+    const char *upstream;             /* the provider's model name; NULL for review */
+    /* "provider/upstream": the circuit breaker's key for this step; "" for review. */
+    char deployment[AP_DEPLOYMENT_MAX];
+} ap_chain_step;
+
+typedef struct ap_chain {
+    ap_chain_step step[AP_CHAIN_MAX];
+    size_t n_steps;             /* >= 1 on success */
+    const char *fallbacks_from; /* "task" or "model": whose fallbacks were used; NULL: none */
+} ap_chain;
+
+/*
+ * The steps a request walks, in order: its model, then the fallbacks. task (may be NULL) names
+ * a configured task; model (may be NULL) the model the request asked for, else the task's
+ * model, else default_model. The fallbacks are the task's when it lists any (the task knows
+ * what answer it needs, e.g. a schema-capable model and then review), else the first model's
+ * own; a fallback's fallbacks are not followed. Steps that repeat an earlier model, and steps
+ * whose provider is disabled, are left out, so the first step may not be the model asked for.
+ * Pointers in *out borrow from cfg and from model. AP_ENOTFOUND for an unknown task, for a
+ * model that does not route at all (ap_config_route()'s message), and when no step is left
+ * (the message says why the first model is unavailable); AP_EINVAL for an empty model name.
+ * *out is written only on success.
+ */
+AP_API AP_NODISCARD ap_status ap_config_chain(const ap_config *cfg, const char *task,
+                                              const char *model, ap_chain *out, ap_error *err);
 
 /* "openai", "anthropic", "gemini", "openai-compatible", "local"; "unknown" otherwise. */
 AP_API const char *ap_provider_type_name(ap_provider_type t);

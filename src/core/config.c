@@ -3,11 +3,13 @@
  * overrides, zero-config providers, validation and model routing. docs/CONFIG.md is the user's
  * view; include/aperture/config.h the contract.
  *
- * Every top-level setting is one row of settings[]: its YAML key, its kind and where it lives in
+ * Every scalar setting is one row of settings[]: its YAML key, its kind and where it lives in
  * ap_config. The same row parses the value whether it comes from the file or from its variable
  * (APERTURE_ + the key in capitals), so both accept and refuse the same things with the same
- * words. The file's scalars therefore reach us as strings: libcyaml checks the document's shape
- * (keys, lists, mappings, required keys) and we check the values.
+ * words. A key with a dot lives one level down, in a section mapping ("retry.base_ms" is
+ * base_ms under retry:, variable APERTURE_RETRY_BASE_MS). The file's scalars therefore reach us
+ * as strings: libcyaml checks the document's shape (keys, lists, mappings, required keys) and we
+ * check the values.
  *
  * Errors name where the value came from: "NAME:LINE: PATH: why" for the file (lines from the
  * index built in config_yaml.c), "VARIABLE: why" for the environment. Values of fields that can
@@ -57,15 +59,26 @@ enum kind {
     K_COLOR,    /* uint8_t[3] from "#rrggbb" */
     K_HASHES,   /* char ** of lowercase SHA-256 hex + size_t count */
     K_HOSTS,    /* char ** of host names + size_t count */
+    K_STATUSES, /* int[AP_RETRY_MAX_STATUS] of HTTP statuses in [min, max] + size_t count */
+    K_FRACTION, /* double in [0, 1] */
 };
 
+static bool is_list(enum kind k)
+{
+    return k == K_HASHES || k == K_HOSTS || k == K_STATUSES;
+}
+
 struct setting {
-    const char *key; /* the YAML key; the variable is APERTURE_ + the key in capitals */
+    const char *key; /* the YAML key ("retry.base_ms": base_ms under retry:); the variable is
+                        APERTURE_ + the key in capitals, dots as underscores */
     enum kind kind;
     size_t off;        /* the field in ap_config */
     size_t off_n;      /* lists: the count field */
     uint64_t min, max; /* integers: inclusive range; max 0 = the field type's limit */
 };
+
+/* Durations in the retry and breaker sections: at most a day, so sums of them never overflow. */
+#define MS_MAX 86400000u
 
 #define AT(m) offsetof(ap_config, m)
 static const struct setting settings[] = {
@@ -93,9 +106,64 @@ static const struct setting settings[] = {
     {"fetch_max_bytes", K_SIZE, AT(fetch_max_bytes), 0, 1, 0},
     {"log_file", K_STR, AT(log_file), 0, 0, 0},
     {"log_prompts", K_BOOL, AT(log_prompts), 0, 0, 0},
+    {"retry.max_attempts", K_INT, AT(retry.max_attempts), 0, 1, 100},
+    {"retry.base_ms", K_LONG, AT(retry.base_ms), 0, 0, MS_MAX},
+    {"retry.cap_ms", K_LONG, AT(retry.cap_ms), 0, 0, MS_MAX},
+    {"retry.retry_after_cap_ms", K_LONG, AT(retry.retry_after_cap_ms), 0, 0, MS_MAX},
+    {"retry.on_status", K_STATUSES, AT(retry.on_status), AT(retry.n_on_status), 400, 599},
+    {"retry.on_connect_error", K_BOOL, AT(retry.on_connect_error), 0, 0, 0},
+    {"retry.on_timeout", K_BOOL, AT(retry.on_timeout), 0, 0, 0},
+    {"retry.attempt_timeout_ms", K_LONG, AT(retry.attempt_timeout_ms), 0, 0, MS_MAX},
+    {"retry.deadline_ms", K_LONG, AT(retry.deadline_ms), 0, 0, MS_MAX},
+    {"breaker.consecutive_failures", K_INT, AT(breaker.consecutive_failures), 0, 0, 1000000},
+    {"breaker.error_rate", K_FRACTION, AT(breaker.error_rate), 0, 0, 0},
+    {"breaker.window_ms", K_LONG, AT(breaker.window_ms), 0, 1, MS_MAX},
+    {"breaker.min_requests", K_INT, AT(breaker.min_requests), 0, 1, 1000000},
+    {"breaker.cooldown_ms", K_LONG, AT(breaker.cooldown_ms), 0, 1, MS_MAX},
+    {"breaker.half_open_probes", K_INT, AT(breaker.half_open_probes), 0, 1, 1000},
 };
-#define N_SETTINGS 24
+#define N_SETTINGS 39
 _Static_assert(sizeof(settings) / sizeof(settings[0]) == N_SETTINGS, "N_SETTINGS");
+
+/* The mappings under the top level that hold dotted settings ("retry.base_ms"). */
+static const char *const sections[] = {"retry", "breaker"};
+#define N_SECTIONS 2
+
+/* Settings' other variable names, read before the canonical one (which wins). */
+static const struct {
+    const char *var, *key;
+} env_aliases[] = {
+    {"APERTURE_BREAKER_FAILURES", "breaker.consecutive_failures"},
+};
+
+/* The section index of setting s (by its key's prefix), or -1 for a top-level one. */
+static int section_of(const struct setting *s)
+{
+    const char *dot = strchr(s->key, '.');
+    if (dot == NULL)
+        return -1;
+    for (int k = 0; k < N_SECTIONS; k++)
+        if (strlen(sections[k]) == (size_t)(dot - s->key) &&
+            strncmp(s->key, sections[k], (size_t)(dot - s->key)) == 0)
+            return k;
+    return -1;
+}
+
+/* The key within its mapping: "base_ms" for "retry.base_ms". */
+static const char *leaf_key(const struct setting *s)
+{
+    const char *dot = strchr(s->key, '.');
+    return dot ? dot + 1 : s->key;
+}
+
+/* APERTURE_ + the key in capitals, dots as underscores. */
+static void env_var_name(const struct setting *s, char *var, size_t cap)
+{
+    size_t k = (size_t)snprintf(var, cap, "APERTURE_");
+    for (const char *c = s->key; *c && k + 1 < cap; c++)
+        var[k++] = *c == '.' ? '_' : (char)toupper((unsigned char)*c);
+    var[k] = '\0';
+}
 
 /* The providers that exist without a file, enabled by their key variable. */
 struct builtin {
@@ -162,14 +230,23 @@ struct raw_provider {
 struct raw_model {
     char *name, *provider, *upstream, *usd_per_mtok_in, *usd_per_mtok_out, *token_model, *target;
     struct raw_patch *token_patch;
+    char **fallbacks;
+    unsigned fallbacks_count;
 };
 struct raw_task {
     char *name, *model, *prompt, *prompt_version;
+    char **fallbacks;
+    unsigned fallbacks_count;
 };
-struct raw_top {
-    char *scalar[N_SETTINGS]; /* by settings[] index; lists use list[] */
+/* Settings' values by settings[] index: the top level's, and each section's (same layout). */
+struct raw_values {
+    char *scalar[N_SETTINGS]; /* lists use list[] */
     char **list[N_SETTINGS];
     unsigned list_n[N_SETTINGS];
+};
+struct raw_top {
+    struct raw_values v;
+    struct raw_values *section[N_SECTIONS];
     struct raw_provider *providers;
     unsigned providers_count;
     struct raw_model *models;
@@ -218,6 +295,8 @@ static const cyaml_schema_field_t model_fields[] = {
     CYAML_FIELD_MAPPING_PTR("token_patch", CYAML_FLAG_OPTIONAL | CYAML_FLAG_POINTER,
                             struct raw_model, token_patch, patch_fields),
     STR("target", OPT, struct raw_model, target),
+    CYAML_FIELD_SEQUENCE("fallbacks", CYAML_FLAG_OPTIONAL | CYAML_FLAG_POINTER, struct raw_model,
+                         fallbacks, &str_entry, 0, CYAML_UNLIMITED),
     CYAML_FIELD_END,
 };
 static const cyaml_schema_value_t model_entry = {
@@ -229,39 +308,64 @@ static const cyaml_schema_field_t task_fields[] = {
     STR("model", OPT, struct raw_task, model),
     STR("prompt", REQ, struct raw_task, prompt),
     STR("prompt_version", OPT, struct raw_task, prompt_version),
+    CYAML_FIELD_SEQUENCE("fallbacks", CYAML_FLAG_OPTIONAL | CYAML_FLAG_POINTER, struct raw_task,
+                         fallbacks, &str_entry, 0, CYAML_UNLIMITED),
     CYAML_FIELD_END,
 };
 static const cyaml_schema_value_t task_entry = {
     CYAML_VALUE_MAPPING(CYAML_FLAG_DEFAULT, struct raw_task, task_fields),
 };
 
-/* The top level is assembled from settings[] at load time (on the caller's stack). */
+_Static_assert(offsetof(struct raw_top, v) == 0, "raw_top.v must come first");
+
+/* The top level and its sections are assembled from settings[] at load time (on the heap). */
 struct schema {
-    cyaml_schema_field_t fields[N_SETTINGS + 4];
+    cyaml_schema_field_t fields[N_SETTINGS + N_SECTIONS + 4];
+    cyaml_schema_field_t section_fields[N_SECTIONS][N_SETTINGS + 1];
     cyaml_schema_value_t top;
 };
 
+/* The schema field of setting i, whose values are in a struct raw_values. */
+static void setting_field(cyaml_schema_field_t *f, size_t i)
+{
+    f->key = leaf_key(&settings[i]);
+    if (is_list(settings[i].kind)) {
+        f->data_offset = (uint32_t)(offsetof(struct raw_values, list) + i * sizeof(char **));
+        f->count_offset = (uint32_t)(offsetof(struct raw_values, list_n) + i * sizeof(unsigned));
+        f->count_size = sizeof(unsigned);
+        f->value = (cyaml_schema_value_t){
+            CYAML_VALUE_SEQUENCE(CYAML_FLAG_OPTIONAL | CYAML_FLAG_POINTER, char *, &str_entry, 0,
+                                 CYAML_UNLIMITED),
+        };
+    } else {
+        f->data_offset = (uint32_t)(offsetof(struct raw_values, scalar) + i * sizeof(char *));
+        f->value = (cyaml_schema_value_t){
+            CYAML_VALUE_STRING(OPT, char, 0, CYAML_UNLIMITED),
+        };
+    }
+}
+
 static void schema_init(struct schema *s)
 {
-    size_t k = 0;
+    size_t k = 0, n_in[N_SECTIONS] = {0};
     memset(s, 0, sizeof(*s));
     for (size_t i = 0; i < N_SETTINGS; i++) {
+        int sec = section_of(&settings[i]);
+        if (sec < 0)
+            setting_field(&s->fields[k++], i); /* struct raw_values is raw_top's first member */
+        else
+            setting_field(&s->section_fields[sec][n_in[sec]++], i);
+    }
+    for (size_t sec = 0; sec < N_SECTIONS; sec++) {
+        s->section_fields[sec][n_in[sec]] = (cyaml_schema_field_t)CYAML_FIELD_END;
         cyaml_schema_field_t *f = &s->fields[k++];
-        f->key = settings[i].key;
-        if (settings[i].kind == K_HASHES || settings[i].kind == K_HOSTS) {
-            f->data_offset = (uint32_t)(offsetof(struct raw_top, list) + i * sizeof(char **));
-            f->count_offset = (uint32_t)(offsetof(struct raw_top, list_n) + i * sizeof(unsigned));
-            f->count_size = sizeof(unsigned);
-            f->value = (cyaml_schema_value_t){
-                CYAML_VALUE_SEQUENCE(CYAML_FLAG_OPTIONAL | CYAML_FLAG_POINTER, char *, &str_entry,
-                                     0, CYAML_UNLIMITED),
-            };
-        } else {
-            f->data_offset = (uint32_t)(offsetof(struct raw_top, scalar) + i * sizeof(char *));
-            f->value = (cyaml_schema_value_t){
-                CYAML_VALUE_STRING(OPT, char, 0, CYAML_UNLIMITED),
-            };
-        }
+        f->key = sections[sec];
+        f->data_offset =
+            (uint32_t)(offsetof(struct raw_top, section) + sec * sizeof(struct raw_values *));
+        f->value = (cyaml_schema_value_t){
+            CYAML_VALUE_MAPPING(CYAML_FLAG_OPTIONAL | CYAML_FLAG_POINTER_NULL_STR,
+                                struct raw_values, s->section_fields[sec]),
+        };
     }
     s->fields[k++] = (cyaml_schema_field_t)CYAML_FIELD_SEQUENCE(
         "providers", CYAML_FLAG_OPTIONAL | CYAML_FLAG_POINTER, struct raw_top, providers,
@@ -293,6 +397,9 @@ struct ld {
     ap_error *err;
     size_t n_file_providers;       /* providers[0..n) came from the file */
     const char *default_model_env; /* the variable default_model came from, or NULL */
+    /* Per setting: set by the file or a variable, and which variable ("" = the file). */
+    bool set[N_SETTINGS];
+    char env_of[N_SETTINGS][64];
 };
 
 AP_PRINTF(3, 4)
@@ -539,6 +646,45 @@ static uint64_t kind_limit(enum kind k)
     }
 }
 
+/* Replace the status list s with items: whole numbers in [s->min, s->max], repeats dropped. */
+static ap_status apply_statuses(struct ld *ld, const struct setting *s, char *const *items,
+                                size_t n, const struct src *at)
+{
+    int *field = (int *)((char *)ld->cfg + s->off);
+    size_t *count = (size_t *)((char *)ld->cfg + s->off_n);
+    int v[AP_RETRY_MAX_STATUS];
+    size_t k = 0;
+    char path[96];
+    for (size_t i = 0; i < n; i++) {
+        uint64_t u;
+        const char *why = parse_uint(items[i], &u);
+        char range[64];
+        if (why == NULL && (u < s->min || u > s->max)) {
+            snprintf(range, sizeof(range), "expected an HTTP status from %llu to %llu",
+                     (unsigned long long)s->min, (unsigned long long)s->max);
+            why = range;
+        }
+        if (why != NULL) {
+            struct src item = *at;
+            if (!at->env)
+                item.label = pathf(path, sizeof(path), "%s[%zu]", at->label, i);
+            return at->env ? fail(ld, &item, "entry %zu %s", i + 1, why)
+                           : fail(ld, &item, "%s", why);
+        }
+        bool seen = false;
+        for (size_t j = 0; j < k; j++)
+            seen = seen || v[j] == (int)u;
+        if (seen)
+            continue;
+        if (k == AP_RETRY_MAX_STATUS)
+            return fail(ld, at, "at most %d statuses", AP_RETRY_MAX_STATUS);
+        v[k++] = (int)u;
+    }
+    memcpy(field, v, k * sizeof(int));
+    *count = k;
+    return AP_OK;
+}
+
 /* Replace the list setting s with items (validated; hashes lowercased). */
 static ap_status apply_list(struct ld *ld, const struct setting *s, char *const *items, size_t n,
                             const struct src *at)
@@ -546,6 +692,8 @@ static ap_status apply_list(struct ld *ld, const struct setting *s, char *const 
     char ***slot = (char ***)((char *)ld->cfg + s->off);
     size_t *count = (size_t *)((char *)ld->cfg + s->off_n);
     char path[96];
+    if (s->kind == K_STATUSES)
+        return apply_statuses(ld, s, items, n, at);
     for (size_t i = 0; i < n; i++) {
         const char *why = s->kind == K_HASHES ? check_sha256_hex(items[i]) : check_host(items[i]);
         if (why != NULL) {
@@ -663,8 +811,16 @@ static ap_status apply(struct ld *ld, const struct setting *s, const char *text,
             rgb[i] = (uint8_t)(hexval(h[2 * i]) * 16 + hexval(h[2 * i + 1]));
         return AP_OK;
     }
+    case K_FRACTION:
+        if ((why = parse_real(text, &d)) != NULL)
+            return fail(ld, at, "%s", why);
+        if (d > 1)
+            return fail(ld, at, "must be from 0 to 1");
+        *(double *)field = d;
+        return AP_OK;
     case K_HASHES:
     case K_HOSTS:
+    case K_STATUSES:
         break; /* lists go through apply_list() */
     }
     return ap_error_set(ld->err, AP_EINTERNAL, "config: setting \"%s\" has no parser", s->key);
@@ -682,6 +838,8 @@ static void defaults(ap_config *c)
     c->ocr_max_edge = 4000;
     c->fetch_timeout_ms = 10000;
     c->fetch_max_bytes = 0; /* = prep.max_input_bytes, filled at the end */
+    ap_retry_policy_init(&c->retry);
+    ap_breaker_opts_init(&c->breaker);
 }
 
 /* ---- providers, models, tasks from the file ------------------------------------------------ */
@@ -842,6 +1000,25 @@ static ap_status load_patch(struct ld *ld, size_t i, const struct raw_patch *r, 
     return AP_OK;
 }
 
+/*
+ * A fallbacks list from the file into *out and *n_out (the names are checked against the routes
+ * once every provider is known: check_fallbacks()). path names the list for messages.
+ */
+static ap_status copy_fallbacks(struct ld *ld, const char *path, char *const *items, unsigned n,
+                                char ***out, size_t *n_out)
+{
+    struct src at = {path, false};
+    if (n > AP_CONFIG_MAX_FALLBACKS)
+        return fail(ld, &at, "at most %d steps", AP_CONFIG_MAX_FALLBACKS);
+    if (n == 0)
+        return AP_OK;
+    *out = ap__xcalloc(n, sizeof(char *));
+    for (unsigned j = 0; j < n; j++)
+        (*out)[j] = xstrdup(items[j] ? items[j] : "");
+    *n_out = n;
+    return AP_OK;
+}
+
 static ap_status load_model(struct ld *ld, size_t i, const struct raw_model *r)
 {
     ap_config *c = ld->cfg;
@@ -854,6 +1031,8 @@ static ap_status load_model(struct ld *ld, size_t i, const struct raw_model *r)
     pathf(path, sizeof(path), "models[%zu].name", i);
     if ((why = check_name(r->name)) != NULL)
         return fail(ld, &at, "%s", why);
+    if (strcmp(r->name, AP_REVIEW_STEP) == 0)
+        return fail(ld, &at, "\"" AP_REVIEW_STEP "\" is reserved for the human review step");
     for (size_t j = 0; j < c->n_models; j++)
         if (strcmp(c->models[j].name, r->name) == 0)
             return fail(ld, &at, "duplicate model name \"%s\" (also models[%zu])", r->name, j);
@@ -881,6 +1060,10 @@ static ap_status load_model(struct ld *ld, size_t i, const struct raw_model *r)
     m->target = r->target ? xstrdup(r->target) : NULL; /* default by type: check_references() */
     m->usd_per_mtok_in = m->usd_per_mtok_out = -1;
     c->n_models++;
+    if ((rc = copy_fallbacks(ld, pathf(path, sizeof(path), "models[%zu].fallbacks", i),
+                             r->fallbacks, r->fallbacks_count, &m->fallbacks,
+                             &m->n_fallbacks)) != AP_OK)
+        return rc;
 
     if (r->usd_per_mtok_in != NULL &&
         (rc = file_real(ld, r->usd_per_mtok_in,
@@ -926,7 +1109,8 @@ static ap_status load_task(struct ld *ld, size_t i, const struct raw_task *r)
     t->prompt = xstrdup(r->prompt);
     t->prompt_version = xstrdup(r->prompt_version ? r->prompt_version : "1");
     c->n_tasks++;
-    return AP_OK;
+    return copy_fallbacks(ld, pathf(path, sizeof(path), "tasks[%zu].fallbacks", i), r->fallbacks,
+                          r->fallbacks_count, &t->fallbacks, &t->n_fallbacks);
 }
 
 static ap_status load_file(struct ld *ld, const struct raw_top *r)
@@ -937,14 +1121,19 @@ static ap_status load_file(struct ld *ld, const struct raw_top *r)
     for (size_t i = 0; i < N_SETTINGS; i++) {
         const struct setting *s = &settings[i];
         struct src at = {s->key, false};
-        if ((s->kind == K_HASHES || s->kind == K_HOSTS) && r->list[i] != NULL)
-            rc = apply_list(ld, s, r->list[i], r->list_n[i], &at);
-        else if (r->scalar[i] != NULL)
-            rc = apply(ld, s, r->scalar[i], &at);
+        int sec = section_of(s);
+        const struct raw_values *v = sec < 0 ? &r->v : r->section[sec];
+        if (v == NULL)
+            continue;
+        if (is_list(s->kind) && (v->list[i] != NULL || ap__config_yindex_has(ld->ix, s->key)))
+            rc = apply_list(ld, s, v->list[i], v->list[i] ? v->list_n[i] : 0, &at);
+        else if (!is_list(s->kind) && v->scalar[i] != NULL)
+            rc = apply(ld, s, v->scalar[i], &at);
         else
-            rc = AP_OK;
+            continue;
         if (rc != AP_OK)
             return rc;
+        ld->set[i] = true;
     }
     /* Room for the built-ins after the file's providers (finish_providers). */
     c->providers = ap__xcalloc(r->providers_count + 4, sizeof(*c->providers));
@@ -1071,26 +1260,37 @@ static ap_status load_env(struct ld *ld)
     }
     for (size_t i = 0; i < N_SETTINGS; i++) {
         const struct setting *s = &settings[i];
-        size_t k = (size_t)snprintf(var, sizeof(var), "APERTURE_");
-        for (const char *c = s->key; *c && k + 1 < sizeof(var); c++)
-            var[k++] = (char)toupper((unsigned char)*c);
-        var[k] = '\0';
-        const char *v = env(var);
         if (s->kind == K_HASHES)
             hashes = s;
-        if (v == NULL)
-            continue;
-        if (s->kind == K_HASHES || s->kind == K_HOSTS) {
-            rc = env_list(ld, s, var, v, false, false);
-            hashes_set = hashes_set || s->kind == K_HASHES;
-        } else {
-            struct src at = {var, true};
-            rc = apply(ld, s, v, &at);
-            if (rc == AP_OK && s->kind == K_MODEL)
-                ld->default_model_env = "APERTURE_DEFAULT_MODEL";
+        /* The aliases first, then the canonical name, which wins. */
+        for (size_t a = 0; a <= sizeof(env_aliases) / sizeof(env_aliases[0]); a++) {
+            if (a < sizeof(env_aliases) / sizeof(env_aliases[0])) {
+                if (strcmp(env_aliases[a].key, s->key) != 0)
+                    continue;
+                snprintf(var, sizeof(var), "%s", env_aliases[a].var);
+            } else {
+                env_var_name(s, var, sizeof(var));
+            }
+            const char *v = env(var);
+            if (v == NULL)
+                continue;
+            if (s->kind == K_STATUSES && strcasecmp(v, "none") == 0) {
+                struct src at = {var, true};
+                rc = apply_list(ld, s, NULL, 0, &at); /* an empty variable means unset */
+            } else if (is_list(s->kind)) {
+                rc = env_list(ld, s, var, v, false, false);
+                hashes_set = hashes_set || s->kind == K_HASHES;
+            } else {
+                struct src at = {var, true};
+                rc = apply(ld, s, v, &at);
+                if (rc == AP_OK && s->kind == K_MODEL)
+                    ld->default_model_env = "APERTURE_DEFAULT_MODEL";
+            }
+            if (rc != AP_OK)
+                return rc;
+            ld->set[i] = true;
+            snprintf(ld->env_of[i], sizeof(ld->env_of[i]), "%s", var);
         }
-        if (rc != AP_OK)
-            return rc;
     }
     const char *keys = env("APERTURE_CLIENT_KEYS");
     if (keys != NULL && AP_ALWAYS(hashes != NULL) &&
@@ -1256,6 +1456,73 @@ static ap_status check_route(struct ld *ld, const char *name, const struct src *
     return fail(ld, at, "%s", why);
 }
 
+/*
+ * A fallbacks list (path e.g. "models[2].fallbacks"): names that route (a disabled provider is
+ * a warning, as for a task's model), "review" only last, no repeats, not self (the model the
+ * list follows).
+ */
+static ap_status check_fallbacks(struct ld *ld, const char *list_path, char *const *fb, size_t n,
+                                 const char *self, const char *self_what, const char *owner)
+{
+    char path[128];
+    struct src at = {path, false};
+    const char *why;
+    ap_status rc;
+    for (size_t j = 0; j < n; j++) {
+        pathf(path, sizeof(path), "%s[%zu]", list_path, j);
+        if ((why = check_name(fb[j])) != NULL)
+            return fail(ld, &at, "%s", why);
+        for (size_t k = 0; k < j; k++)
+            if (strcmp(fb[k], fb[j]) == 0)
+                return fail(ld, &at, "\"%s\" is listed twice (also %s[%zu])", fb[j], list_path,
+                            k);
+        if (strcmp(fb[j], AP_REVIEW_STEP) == 0) {
+            if (j + 1 != n)
+                return fail(ld, &at, "\"" AP_REVIEW_STEP "\" must be the last step");
+            continue;
+        }
+        if (strcmp(fb[j], self) == 0)
+            return fail(ld, &at, "\"%s\" is %s itself", fb[j], self_what);
+        char w[200];
+        snprintf(w, sizeof(w), "%s fallbacks", owner);
+        if ((rc = check_route(ld, fb[j], &at, w)) != AP_OK)
+            return rc;
+    }
+    return AP_OK;
+}
+
+/* Where setting i was last set from, for a message about it. */
+static struct src setting_src(const struct ld *ld, size_t i)
+{
+    if (ld->env_of[i][0] != '\0')
+        return (struct src){ld->env_of[i], true};
+    return (struct src){settings[i].key, false};
+}
+
+static size_t setting_index(const char *key)
+{
+    for (size_t i = 0; i < N_SETTINGS; i++)
+        if (strcmp(settings[i].key, key) == 0)
+            return i;
+    AP_ASSERT(!"no such setting");
+    return 0;
+}
+
+/* Settings that constrain each other. The one set explicitly is blamed (the cap, if both). */
+static ap_status check_resilience(struct ld *ld)
+{
+    const ap_retry_policy *r = &ld->cfg->retry;
+    if (r->cap_ms >= r->base_ms)
+        return AP_OK;
+    size_t cap = setting_index("retry.cap_ms"), base = setting_index("retry.base_ms");
+    if (ld->set[cap] || !ld->set[base]) {
+        struct src at = setting_src(ld, cap);
+        return fail(ld, &at, "must be at least retry.base_ms (%ld)", r->base_ms);
+    }
+    struct src at = setting_src(ld, base);
+    return fail(ld, &at, "must be at most retry.cap_ms (%ld)", r->cap_ms);
+}
+
 static ap_status check_references(struct ld *ld)
 {
     ap_config *c = ld->cfg;
@@ -1282,17 +1549,37 @@ static ap_status check_references(struct ld *ld)
         char what[160];
         snprintf(what, sizeof(what), "task \"%s\"", t->name);
         if (t->model == NULL) {
-            t->model = xstrdup(c->default_model);
-            continue; /* checked above */
+            t->model = xstrdup(c->default_model); /* checked above */
+        } else {
+            pathf(path, sizeof(path), "tasks[%zu].model", i);
+            if ((rc = check_route(ld, t->model, &at, what)) != AP_OK)
+                return rc;
         }
-        pathf(path, sizeof(path), "tasks[%zu].model", i);
-        if ((rc = check_route(ld, t->model, &at, what)) != AP_OK)
+        pathf(path, sizeof(path), "tasks[%zu].fallbacks", i);
+        if ((rc = check_fallbacks(ld, path, t->fallbacks, t->n_fallbacks, t->model,
+                                  "the task's model", what)) != AP_OK)
             return rc;
     }
-    return AP_OK;
+    for (size_t i = 0; i < c->n_models; i++) {
+        const ap_model_conf *m = &c->models[i];
+        char what[160];
+        snprintf(what, sizeof(what), "model \"%s\"", m->name);
+        pathf(path, sizeof(path), "models[%zu].fallbacks", i);
+        if ((rc = check_fallbacks(ld, path, m->fallbacks, m->n_fallbacks, m->name, "the model",
+                                  what)) != AP_OK)
+            return rc;
+    }
+    return check_resilience(ld);
 }
 
 /* ---- public API ---------------------------------------------------------------------------- */
+
+static void free_list(char **v, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(v[i]);
+    free(v);
+}
 
 void ap_config_free(ap_config *c)
 {
@@ -1321,6 +1608,7 @@ void ap_config_free(ap_config *c)
         free(c->models[i].upstream);
         free(c->models[i].token_model);
         free(c->models[i].target);
+        free_list(c->models[i].fallbacks, c->models[i].n_fallbacks);
     }
     free(c->models);
     for (size_t i = 0; i < c->n_tasks; i++) {
@@ -1328,6 +1616,7 @@ void ap_config_free(ap_config *c)
         free(c->tasks[i].model);
         free(c->tasks[i].prompt);
         free(c->tasks[i].prompt_version);
+        free_list(c->tasks[i].fallbacks, c->tasks[i].n_fallbacks);
     }
     free(c->tasks);
     free(c->default_model);
@@ -1458,4 +1747,87 @@ const ap_task_conf *ap_config_task(const ap_config *cfg, const char *name)
         if (strcmp(cfg->tasks[i].name, name) == 0)
             return &cfg->tasks[i];
     return NULL;
+}
+
+/* Append name to the chain unless it repeats a step or does not route now (provider disabled). */
+static void chain_add(const ap_config *c, ap_chain *ch, const char *name)
+{
+    const ap_model_conf *m;
+    const ap_provider_conf *p;
+    ap_provider_type want = AP_PROVIDER_LOCAL;
+
+    for (size_t i = 0; i < ch->n_steps; i++)
+        if (strcmp(ch->step[i].model, name) == 0)
+            return;
+    if (AP_NEVER(ch->n_steps == AP_CHAIN_MAX))
+        return; /* the loader caps the lists */
+    ap_chain_step *st = &ch->step[ch->n_steps];
+    memset(st, 0, sizeof(*st));
+    if (strcmp(name, AP_REVIEW_STEP) == 0) {
+        st->model = name;
+        st->review = true;
+        ch->n_steps++;
+        return;
+    }
+    if (route_find(c, name, &m, &p, &want) != R_OK)
+        return;
+    st->model = name;
+    st->model_conf = m;
+    st->provider = p;
+    st->upstream = m != NULL && m->upstream != NULL ? m->upstream : name;
+    snprintf(st->deployment, sizeof(st->deployment), "%s/%s", p->name, st->upstream);
+    ch->n_steps++;
+}
+
+ap_status ap_config_chain(const ap_config *cfg, const char *task, const char *model, ap_chain *out,
+                          ap_error *err)
+{
+    const ap_task_conf *t = NULL;
+    const ap_model_conf *m;
+    const ap_provider_conf *p;
+    ap_provider_type want = AP_PROVIDER_LOCAL;
+    char why[AP_ERROR_MSG_MAX];
+
+    if (AP_NEVER(cfg == NULL || out == NULL))
+        return ap_error_set(err, AP_EINVAL, "no configuration");
+    if (task != NULL && (t = ap_config_task(cfg, task)) == NULL)
+        return ap_error_set(err, AP_ENOTFOUND, "no task named \"%.64s\"", task);
+    if (model == NULL)
+        model = t != NULL ? t->model : cfg->default_model;
+    if (model == NULL || model[0] == '\0')
+        return ap_error_set(err, AP_EINVAL, "no model given");
+    enum route_res res = route_find(cfg, model, &m, &p, &want);
+    if (res == R_UNKNOWN || res == R_NO_PROVIDER) {
+        route_why(res, model, p, want, why, sizeof(why));
+        return ap_error_set(err, AP_ENOTFOUND, "%s", why);
+    }
+
+    /* Built aside: *out is written only on success. */
+    ap_chain ch;
+    ch.n_steps = 0;
+    ch.fallbacks_from = NULL;
+    char *const *fb = NULL;
+    size_t n_fb = 0;
+    if (t != NULL && t->n_fallbacks > 0) {
+        fb = t->fallbacks;
+        n_fb = t->n_fallbacks;
+        ch.fallbacks_from = "task";
+    } else if (m != NULL && m->n_fallbacks > 0) {
+        fb = m->fallbacks;
+        n_fb = m->n_fallbacks;
+        ch.fallbacks_from = "model";
+    }
+    chain_add(cfg, &ch, model);
+    for (size_t i = 0; i < n_fb; i++)
+        chain_add(cfg, &ch, fb[i]);
+    if (ch.n_steps == 0) {
+        /* Only possible when the first model's provider is disabled and so are the rest. */
+        route_why(res, model, p, want, why, sizeof(why));
+        return ap_error_set(err, AP_ENOTFOUND, "%s",
+                            why[0] ? why : "no step of the chain is enabled");
+    }
+    memcpy(out->step, ch.step, ch.n_steps * sizeof(ch.step[0]));
+    out->n_steps = ch.n_steps;
+    out->fallbacks_from = ch.fallbacks_from;
+    return AP_OK;
 }

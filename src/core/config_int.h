@@ -16,6 +16,7 @@
 #ifndef AP_CORE_CONFIG_INT_H
 #define AP_CORE_CONFIG_INT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include <cyaml/cyaml.h>
@@ -40,6 +41,12 @@ ap_status ap__config_yindex_build(const char *buf, size_t len, const char *name,
  * NULL.
  */
 unsigned ap__config_yindex_line(const struct ap__yindex *ix, const char *path, unsigned nth);
+
+/*
+ * Whether path itself was recorded (no fallback to ancestors): tells `key: []`, which libcyaml
+ * loads as no list at all, from a key that is absent. false when ix is NULL.
+ */
+bool ap__config_yindex_has(const struct ap__yindex *ix, const char *path);
 
 void ap__config_yindex_free(struct ap__yindex *ix);
 

@@ -222,6 +222,16 @@ out:
     return AP_OK;
 }
 
+bool ap__config_yindex_has(const struct ap__yindex *ix, const char *path)
+{
+    if (ix == NULL || path == NULL)
+        return false;
+    for (size_t i = 0; i < ix->n; i++)
+        if (strcmp(ix->v[i].path, path) == 0)
+            return true;
+    return false;
+}
+
 unsigned ap__config_yindex_line(const struct ap__yindex *ix, const char *path, unsigned nth)
 {
     char p[YPATH_MAX];

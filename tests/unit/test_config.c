@@ -52,20 +52,36 @@ static const char *const settings_keys[] = {
     "fetch_max_bytes",
     "log_file",
     "log_prompts",
+    "retry.max_attempts",
+    "retry.base_ms",
+    "retry.cap_ms",
+    "retry.retry_after_cap_ms",
+    "retry.on_status",
+    "retry.on_connect_error",
+    "retry.on_timeout",
+    "retry.attempt_timeout_ms",
+    "retry.deadline_ms",
+    "breaker.consecutive_failures",
+    "breaker.error_rate",
+    "breaker.window_ms",
+    "breaker.min_requests",
+    "breaker.cooldown_ms",
+    "breaker.half_open_probes",
 };
 #define N_KEYS (sizeof(settings_keys) / sizeof(settings_keys[0]))
 
 static const char *const other_vars[] = {
     "APERTURE_CONFIG", "APERTURE_CLIENT_KEYS", "MAX_IMAGE_SIZE_MB",  "OPENAI_API_KEY",
     "OPENAI_BASE_URL", "ANTHROPIC_API_KEY",    "ANTHROPIC_BASE_URL", "GEMINI_API_KEY",
-    "GEMINI_BASE_URL", "VLLM_API_KEY",         "MY_VLLM_KEY",
+    "GEMINI_BASE_URL", "VLLM_API_KEY",         "MY_VLLM_KEY",        "APERTURE_BREAKER_FAILURES",
 };
 
+/* APERTURE_ + the key in capitals; "retry.base_ms" -> APERTURE_RETRY_BASE_MS. */
 static void env_name(const char *key, char *out, size_t cap)
 {
     size_t k = (size_t)snprintf(out, cap, "APERTURE_");
     for (; *key && k + 1 < cap; key++)
-        out[k++] = (char)(*key >= 'a' && *key <= 'z' ? *key - 'a' + 'A' : *key);
+        out[k++] = *key == '.' ? '_' : (char)(*key >= 'a' && *key <= 'z' ? *key - 'a' + 'A' : *key);
     out[k] = '\0';
 }
 
@@ -208,6 +224,14 @@ static void test_config__loads_the_example(void **state)
     assert_string_equal(ap_config_task(c, "document_qa")->prompt_version, "1");
     assert_string_equal(ap_config_task(c, "document_qa")->model, "local");
     assert_true(contains(ap_config_task(c, "invoice_extraction")->prompt, "line_items"));
+    assert_int_equal(c->models[0].n_fallbacks, 4);
+    assert_string_equal(c->models[0].fallbacks[0], "claude-sonnet");
+    assert_string_equal(c->models[0].fallbacks[3], "review");
+    assert_int_equal(ap_config_task(c, "invoice_extraction")->n_fallbacks, 2);
+    assert_int_equal(c->retry.max_attempts, 3);
+    assert_int_equal(c->retry.n_on_status, 5);
+    assert_int_equal(c->breaker.consecutive_failures, 5);
+    assert_int_equal(c->breaker.cooldown_ms, 30000);
     assert_null(ap_config_task(c, "nope"));
 
     assert_int_equal(c->prep.max_input_bytes, 20u << 20);
@@ -560,6 +584,68 @@ static const struct bad_case bad_cases[] = {
     {"default model does not route", "log_prompts: true\ndefault_model: mystery\n", "default_model",
      2, "no route"},
     {"aliases", "listen: &l \"127.0.0.1:1\"\nlog_file: *l\n", "log_file", 2, "alias"},
+    /* retry: and breaker: */
+    {"unknown retry key", "retry:\n  max_attempts: 2\n  max_attempt: 3\n", "retry.max_attempt",
+     3, "unknown key"},
+    {"zero attempts", "workers: 1\nretry:\n  max_attempts: 0\n", "retry.max_attempts", 3,
+     "at least 1"},
+    {"negative base", "retry:\n  base_ms: -1\n", "retry.base_ms", 2, "negative"},
+    {"cap under base", "retry:\n  base_ms: 1000\n  cap_ms: 999\n", "retry.cap_ms", 3,
+     "retry.base_ms"},
+    {"base over default cap", "retry:\n  base_ms: 9000\n", "retry.base_ms", 2, "retry.cap_ms"},
+    {"status not an error", "retry:\n  on_status: [429, 503, 200]\n", "retry.on_status[2]", 2,
+     "400 to 599"},
+    {"status not a number", "retry:\n  on_status:\n    - 429\n    - five-oh-three\n",
+     "retry.on_status[1]", 4, "whole number"},
+    {"too many statuses",
+     "retry:\n  on_status: [400, 401, 402, 403, 404, 405, 406, 407, 408, 409, 410, 411, 412, 413,"
+     " 414, 415, 416]\n",
+     "retry.on_status", 2, "at most 16"},
+    {"retry not a mapping", "retry: [1, 2]\n", "retry", 1, "expected a mapping"},
+    {"bad retry bool", "retry:\n  on_timeout: sometimes\n", "retry.on_timeout", 2,
+     "true or false"},
+    {"deadline over a day", "retry:\n  deadline_ms: 86400001\n", "retry.deadline_ms", 2,
+     "at most 86400000"},
+    {"error rate over 1", "breaker:\n  error_rate: 1.5\n", "breaker.error_rate", 2, "0 to 1"},
+    {"zero cooldown", "breaker:\n  cooldown_ms: 0\n", "breaker.cooldown_ms", 2, "at least 1"},
+    {"zero probes", "breaker:\n  half_open_probes: 0\n", "breaker.half_open_probes", 2,
+     "at least 1"},
+    {"zero window", "breaker:\n  window_ms: 0\n", "breaker.window_ms", 2, "at least 1"},
+    {"negative failures", "breaker:\n  consecutive_failures: -5\n",
+     "breaker.consecutive_failures", 2, "negative"},
+    /* fallbacks */
+    {"fallback does not route",
+     "models:\n  - name: a\n    provider: local\n    fallbacks: [local, mystery]\n",
+     "models[0].fallbacks[1]", 4, "no route for model \"mystery\""},
+    {"fallback on its own line",
+     "models:\n  - name: a\n    provider: local\n    fallbacks:\n      - local\n      - nope\n",
+     "models[0].fallbacks[1]", 6, "no route"},
+    {"review not last",
+     "models:\n  - name: a\n    provider: local\n    fallbacks: [review, local]\n",
+     "models[0].fallbacks[0]", 4, "last step"},
+    {"fallback is the model itself",
+     "models:\n  - name: a\n    provider: local\n    fallbacks: [local, a]\n",
+     "models[0].fallbacks[1]", 4, "the model itself"},
+    {"fallback listed twice",
+     "models:\n  - name: a\n    provider: local\n    fallbacks: [local, local, review]\n",
+     "models[0].fallbacks[1]", 4, "twice"},
+    {"too many fallbacks",
+     "models:\n  - name: a\n    provider: local\n    fallbacks: [b1, b2, b3, b4, b5, b6, b7, b8,"
+     " b9, b10, b11, b12, b13, b14, b15, b16]\n",
+     "models[0].fallbacks", 4, "at most 15"},
+    {"fallbacks not a list", "models:\n  - name: a\n    provider: local\n    fallbacks: local\n",
+     "models[0].fallbacks", 4, "expected a list"},
+    {"task fallback does not route",
+     "tasks:\n  - name: t\n    prompt: p\n    fallbacks:\n      - gpt-4o\n      - llava\n",
+     "tasks[0].fallbacks[1]", 6, "no route"},
+    {"task fallback is the task's model",
+     "tasks:\n  - name: t\n    model: local\n    prompt: p\n    fallbacks: [local, review]\n",
+     "tasks[0].fallbacks[0]", 5, "the task's model"},
+    {"task fallback is default_model",
+     "tasks:\n  - name: t\n    prompt: p\n    fallbacks: [local]\n", "tasks[0].fallbacks[0]",
+     4, "the task's model"},
+    {"model named review", "models:\n  - name: review\n    provider: local\n", "models[0].name",
+     2, "reserved"},
 };
 
 static void test_config__invalid_configs_name_key_and_line(void **state)
@@ -622,6 +708,14 @@ static void test_config__bad_environment_names_the_variable(void **state)
         {"APERTURE_CLIENT_KEYS", " , ", "no entries"},
         {"MAX_IMAGE_SIZE_MB", "0", "positive"},
         {"OPENAI_BASE_URL", "api.openai.com", "http"},
+        {"APERTURE_RETRY_MAX_ATTEMPTS", "0", "at least 1"},
+        {"APERTURE_RETRY_BASE_MS", "soon", "whole number"},
+        {"APERTURE_RETRY_BASE_MS", "10000", "at most retry.cap_ms (8000)"},
+        {"APERTURE_RETRY_CAP_MS", "100", "at least retry.base_ms (500)"},
+        {"APERTURE_RETRY_ON_STATUS", "429,200", "entry 2"},
+        {"APERTURE_BREAKER_FAILURES", "-1", "negative"},
+        {"APERTURE_BREAKER_COOLDOWN_MS", "0", "at least 1"},
+        {"APERTURE_BREAKER_ERROR_RATE", "2", "0 to 1"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         clean_env(NULL);
@@ -805,6 +899,21 @@ static void test_config__every_setting_has_an_env_override(void **state)
         {"fetch_max_bytes", "999"},
         {"log_file", "/tmp/aperture-test.log"},
         {"log_prompts", "1"},
+        {"retry.max_attempts", "4"},
+        {"retry.base_ms", "250"},
+        {"retry.cap_ms", "4000"},
+        {"retry.retry_after_cap_ms", "15000"},
+        {"retry.on_status", "429, 503"},
+        {"retry.on_connect_error", "false"},
+        {"retry.on_timeout", "no"},
+        {"retry.attempt_timeout_ms", "20000"},
+        {"retry.deadline_ms", "90000"},
+        {"breaker.consecutive_failures", "3"},
+        {"breaker.error_rate", "0.25"},
+        {"breaker.window_ms", "10000"},
+        {"breaker.min_requests", "8"},
+        {"breaker.cooldown_ms", "5000"},
+        {"breaker.half_open_probes", "2"},
     };
     assert_int_equal(sizeof(vals) / sizeof(vals[0]), N_KEYS);
     char var[64];
@@ -843,6 +952,23 @@ static void test_config__every_setting_has_an_env_override(void **state)
     assert_int_equal(c->fetch_max_bytes, 999);
     assert_string_equal(c->log_file, "/tmp/aperture-test.log");
     assert_true(c->log_prompts);
+    assert_int_equal(c->retry.max_attempts, 4);
+    assert_int_equal(c->retry.base_ms, 250);
+    assert_int_equal(c->retry.cap_ms, 4000);
+    assert_int_equal(c->retry.retry_after_cap_ms, 15000);
+    assert_int_equal(c->retry.n_on_status, 2);
+    assert_int_equal(c->retry.on_status[0], 429);
+    assert_int_equal(c->retry.on_status[1], 503);
+    assert_false(c->retry.on_connect_error);
+    assert_false(c->retry.on_timeout);
+    assert_int_equal(c->retry.attempt_timeout_ms, 20000);
+    assert_int_equal(c->retry.deadline_ms, 90000);
+    assert_int_equal(c->breaker.consecutive_failures, 3);
+    assert_true(c->breaker.error_rate == 0.25);
+    assert_int_equal(c->breaker.window_ms, 10000);
+    assert_int_equal(c->breaker.min_requests, 8);
+    assert_int_equal(c->breaker.cooldown_ms, 5000);
+    assert_int_equal(c->breaker.half_open_probes, 2);
     ap_config_free(c);
 }
 
@@ -950,6 +1076,163 @@ static void test_config__tasks_default_to_default_model(void **state)
     ap_config_free(c);
 }
 
+/* ---- retry, breaker, fallbacks ------------------------------------------------------------- */
+
+static void test_config__resilience_defaults(void **state)
+{
+    (void)state;
+    ap_config *c = load_ok(NULL);
+    /* The defaults: 3 attempts backing off from 0.5 s; 5 failures open for 30 s. */
+    assert_int_equal(c->retry.max_attempts, 3);
+    assert_int_equal(c->retry.base_ms, 500);
+    assert_int_equal(c->retry.cap_ms, 8000);
+    assert_int_equal(c->retry.retry_after_cap_ms, 30000);
+    static const int statuses[] = {429, 500, 502, 503, 504};
+    assert_int_equal(c->retry.n_on_status, 5);
+    for (size_t i = 0; i < 5; i++)
+        assert_int_equal(c->retry.on_status[i], statuses[i]);
+    assert_true(c->retry.on_connect_error);
+    assert_true(c->retry.on_timeout);
+    assert_int_equal(c->retry.attempt_timeout_ms, 0);
+    assert_int_equal(c->retry.deadline_ms, 0);
+    assert_int_equal(c->breaker.consecutive_failures, 5);
+    assert_true(c->breaker.error_rate == 0.5);
+    assert_int_equal(c->breaker.window_ms, 60000);
+    assert_int_equal(c->breaker.min_requests, 20);
+    assert_int_equal(c->breaker.cooldown_ms, 30000);
+    assert_int_equal(c->breaker.half_open_probes, 1);
+    assert_null(c->breaker.on_change);
+    ap_config_free(c);
+
+    /* An empty or null section is the same as none. */
+    c = load_ok("retry:\nbreaker: ~\n");
+    assert_int_equal(c->retry.max_attempts, 3);
+    assert_int_equal(c->retry.n_on_status, 5);
+    assert_int_equal(c->breaker.cooldown_ms, 30000);
+    ap_config_free(c);
+}
+
+static void test_config__resilience_from_the_file(void **state)
+{
+    (void)state;
+    ap_config *c = load_ok("retry:\n"
+                           "  max_attempts: 5\n"
+                           "  base_ms: 100\n"
+                           "  cap_ms: 2000\n"
+                           "  retry_after_cap_ms: 10000\n"
+                           "  on_status: [429, 503, 429]\n"
+                           "  on_connect_error: false\n"
+                           "  on_timeout: true\n"
+                           "  attempt_timeout_ms: 30000\n"
+                           "  deadline_ms: 120000\n"
+                           "breaker:\n"
+                           "  consecutive_failures: 0\n"
+                           "  error_rate: 0.75\n"
+                           "  window_ms: 30000\n"
+                           "  min_requests: 10\n"
+                           "  cooldown_ms: 15000\n"
+                           "  half_open_probes: 3\n");
+    assert_int_equal(c->retry.max_attempts, 5);
+    assert_int_equal(c->retry.base_ms, 100);
+    assert_int_equal(c->retry.cap_ms, 2000);
+    assert_int_equal(c->retry.retry_after_cap_ms, 10000);
+    assert_int_equal(c->retry.n_on_status, 2); /* the repeat is dropped */
+    assert_int_equal(c->retry.on_status[0], 429);
+    assert_int_equal(c->retry.on_status[1], 503);
+    assert_false(c->retry.on_connect_error);
+    assert_true(c->retry.on_timeout);
+    assert_int_equal(c->retry.attempt_timeout_ms, 30000);
+    assert_int_equal(c->retry.deadline_ms, 120000);
+    assert_int_equal(c->breaker.consecutive_failures, 0);
+    assert_true(c->breaker.error_rate == 0.75);
+    assert_int_equal(c->breaker.window_ms, 30000);
+    assert_int_equal(c->breaker.min_requests, 10);
+    assert_int_equal(c->breaker.cooldown_ms, 15000);
+    assert_int_equal(c->breaker.half_open_probes, 3);
+    ap_config_free(c);
+
+    /* An empty list retries no status at all (not the defaults); so does "none" in a variable. */
+    c = load_ok("retry:\n  on_status: []\n");
+    assert_int_equal(c->retry.n_on_status, 0);
+    ap_config_free(c);
+    setenv("APERTURE_RETRY_ON_STATUS", "none", 1);
+    c = load_ok("retry:\n  on_status: [429]\n");
+    assert_int_equal(c->retry.n_on_status, 0);
+    ap_config_free(c);
+    /* base_ms may equal cap_ms; 0 means no wait. */
+    c = load_ok("retry:\n  base_ms: 0\n  cap_ms: 0\n");
+    assert_int_equal(c->retry.cap_ms, 0);
+    ap_config_free(c);
+}
+
+static void test_config__resilience_env_overrides(void **state)
+{
+    (void)state;
+    const char *file = "retry:\n  max_attempts: 2\n  base_ms: 100\n"
+                       "breaker:\n  consecutive_failures: 4\n  cooldown_ms: 1000\n";
+    setenv("APERTURE_RETRY_MAX_ATTEMPTS", "6", 1);
+    setenv("APERTURE_RETRY_BASE_MS", "50", 1);
+    setenv("APERTURE_BREAKER_FAILURES", "7", 1);
+    setenv("APERTURE_BREAKER_COOLDOWN_MS", "2500", 1);
+    ap_config *c = load_ok(file);
+    assert_int_equal(c->retry.max_attempts, 6);
+    assert_int_equal(c->retry.base_ms, 50);
+    assert_int_equal(c->breaker.consecutive_failures, 7);
+    assert_int_equal(c->breaker.cooldown_ms, 2500);
+    ap_config_free(c);
+    /* The canonical name wins over the short one. */
+    setenv("APERTURE_BREAKER_CONSECUTIVE_FAILURES", "9", 1);
+    c = load_ok(file);
+    assert_int_equal(c->breaker.consecutive_failures, 9);
+    ap_config_free(c);
+    /* A cap from the environment is checked against the file's base. */
+    setenv("APERTURE_RETRY_CAP_MS", "40", 1);
+    ap_config *bad = NULL;
+    ap_error err = {0};
+    assert_int_equal(ap_config_load_buffer(file, strlen(file), "config.yaml", NULL, &bad, &err),
+                     AP_EINVAL);
+    assert_true(contains(err.msg, "APERTURE_RETRY_CAP_MS: must be at least retry.base_ms (50)"));
+}
+
+static void test_config__fallbacks(void **state)
+{
+    (void)state;
+    ap_config *c = load_ok("providers:\n"
+                           "  - name: box\n"
+                           "    type: openai-compatible\n"
+                           "    base_url: http://10.0.0.5:8000/v1\n"
+                           "    api_key_env: MY_VLLM_KEY\n"
+                           "models:\n"
+                           "  - name: big\n"
+                           "    provider: box\n"
+                           "    fallbacks: [gpt-4o, local, review]\n"
+                           "  - name: small\n"
+                           "    provider: local\n"
+                           "tasks:\n"
+                           "  - name: invoice\n"
+                           "    model: big\n"
+                           "    prompt: p\n"
+                           "    fallbacks:\n"
+                           "      - small\n"
+                           "      - review\n");
+    const ap_model_conf *big = &c->models[0];
+    assert_int_equal(big->n_fallbacks, 3);
+    assert_string_equal(big->fallbacks[0], "gpt-4o");
+    assert_string_equal(big->fallbacks[2], "review");
+    assert_int_equal(c->models[1].n_fallbacks, 0);
+    assert_null(c->models[1].fallbacks);
+    const ap_task_conf *t = ap_config_task(c, "invoice");
+    assert_int_equal(t->n_fallbacks, 2);
+    assert_string_equal(t->fallbacks[0], "small");
+    /* Disabled providers (box: MY_VLLM_KEY; openai for gpt-4o) are warnings, not errors. */
+    bool named_openai = false;
+    for (size_t i = 0; i < c->n_warnings; i++)
+        named_openai |= contains(c->warnings[i], "model \"big\" fallbacks") &&
+                        contains(c->warnings[i], "OPENAI_API_KEY");
+    assert_true(named_openai);
+    ap_config_free(c);
+}
+
 /* docs/CONFIG.md names every key and every variable. */
 static void test_config__every_key_is_documented(void **state)
 {
@@ -996,7 +1279,10 @@ static void test_config__every_key_is_documented(void **state)
                                 "`prompt_version`",
                                 "`providers`",
                                 "`models`",
-                                "`tasks`"};
+                                "`tasks`",
+                                "`fallbacks`",
+                                "`retry`",
+                                "`breaker`"};
     for (size_t i = 0; i < sizeof(entry_keys) / sizeof(entry_keys[0]); i++)
         if (!contains(doc, entry_keys[i]))
             fail_msg("docs/CONFIG.md does not document %s", entry_keys[i]);
@@ -1027,6 +1313,10 @@ int main(void)
         T(test_config__instances_are_independent),
         T(test_config__provider_type_names),
         T(test_config__tasks_default_to_default_model),
+        T(test_config__resilience_defaults),
+        T(test_config__resilience_from_the_file),
+        T(test_config__resilience_env_overrides),
+        T(test_config__fallbacks),
         T(test_config__every_key_is_documented),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,7 +1,7 @@
 /*
  * test_resilience.c - retry decisions, backoff and Retry-After, the circuit breaker's state
- * machine (time is passed in, so every transition is checked at its exact millisecond), and
- * the breaker under threads.
+ * machine (time is passed in, so every transition is checked at its exact millisecond), the
+ * breaker under threads, and fallback chain resolution from the config.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "aperture/config.h"
 #include "aperture/resilience.h"
 
 /* "Sun, 06 Nov 1994 08:49:37 GMT" (RFC 9110's example date), in ms since the epoch. */
@@ -777,7 +778,176 @@ static void test_resilience__breaker_concurrent_churn(void **state)
     ap_breaker_set_free(c.s);
 }
 
-#define T(fn) cmocka_unit_test(fn)
+/* ---- fallback chains ----------------------------------------------------------------------- */
+
+static const char *const chain_yaml = "providers:\n"
+                                      "  - name: box\n"
+                                      "    type: openai-compatible\n"
+                                      "    base_url: http://10.0.0.5:8000/v1\n"
+                                      "models:\n"
+                                      "  - name: big\n"
+                                      "    provider: openai\n"
+                                      "    upstream: gpt-4o-2024-08-06\n"
+                                      "    fallbacks: [claude-sonnet, qwen, local, review]\n"
+                                      "  - name: claude-sonnet\n"
+                                      "    provider: anthropic\n"
+                                      "    upstream: claude-sonnet-4-20250514\n"
+                                      "  - name: qwen\n"
+                                      "    provider: box\n"
+                                      "    upstream: Qwen/Qwen2.5-VL-7B-Instruct\n"
+                                      "    fallbacks: [gpt-4o-mini]\n"
+                                      "tasks:\n"
+                                      "  - name: invoice\n"
+                                      "    model: big\n"
+                                      "    prompt: p\n"
+                                      "    fallbacks: [qwen, review]\n"
+                                      "  - name: describe\n"
+                                      "    model: qwen\n"
+                                      "    prompt: p\n";
+
+static int clean_env(void **state)
+{
+    (void)state;
+    static const char *const vars[] = {
+        "OPENAI_API_KEY",     "ANTHROPIC_API_KEY", "GEMINI_API_KEY",  "OPENAI_BASE_URL",
+        "ANTHROPIC_BASE_URL", "GEMINI_BASE_URL",   "APERTURE_CONFIG", "APERTURE_DEFAULT_MODEL",
+    };
+    for (size_t i = 0; i < sizeof(vars) / sizeof(vars[0]); i++)
+        unsetenv(vars[i]);
+    return 0;
+}
+
+static ap_config *chain_config(void)
+{
+    ap_config *c = NULL;
+    ap_error err = {0};
+    if (ap_config_load_buffer(chain_yaml, strlen(chain_yaml), "chain.yaml", NULL, &c, &err) !=
+        AP_OK)
+        fail_msg("load: %s", err.msg);
+    return c;
+}
+
+/* Resolve and compare with the expected model names ("review" for the review step). */
+static void chain_is(const ap_config *c, const char *task, const char *model, const char *from,
+                     const char *const *want, size_t n)
+{
+    ap_chain ch;
+    ap_error err = {0};
+    if (ap_config_chain(c, task, model, &ch, &err) != AP_OK)
+        fail_msg("chain %s/%s: %s", task ? task : "-", model ? model : "-", err.msg);
+    char got[512] = "";
+    for (size_t i = 0; i < ch.n_steps; i++) {
+        size_t l = strlen(got);
+        snprintf(got + l, sizeof(got) - l, "%s%s", i ? "," : "", ch.step[i].model);
+    }
+    char exp[512] = "";
+    for (size_t i = 0; i < n; i++) {
+        size_t l = strlen(exp);
+        snprintf(exp + l, sizeof(exp) - l, "%s%s", i ? "," : "", want[i]);
+    }
+    if (strcmp(got, exp) != 0)
+        fail_msg("chain %s/%s: [%s], expected [%s]", task ? task : "-", model ? model : "-", got,
+                 exp);
+    if ((from == NULL) != (ch.fallbacks_from == NULL) ||
+        (from != NULL && strcmp(from, ch.fallbacks_from) != 0))
+        fail_msg("chain %s/%s: from %s, expected %s", task ? task : "-", model ? model : "-",
+                 ch.fallbacks_from ? ch.fallbacks_from : "none", from ? from : "none");
+}
+
+#define CHAIN(c, task, model, from, ...)                                                           \
+    do {                                                                                           \
+        static const char *const w_[] = {__VA_ARGS__};                                             \
+        chain_is(c, task, model, from, w_, sizeof(w_) / sizeof(w_[0]));                            \
+    } while (0)
+
+static void test_resilience__chain_resolution(void **state)
+{
+    (void)state;
+    setenv("OPENAI_API_KEY", "k1", 1);
+    setenv("ANTHROPIC_API_KEY", "k2", 1);
+    ap_config *c = chain_config();
+
+    /* A model's own chain; a fallback's fallbacks (qwen -> gpt-4o-mini) are not followed. */
+    CHAIN(c, NULL, "big", "model", "big", "claude-sonnet", "qwen", "local", "review");
+    CHAIN(c, NULL, "qwen", "model", "qwen", "gpt-4o-mini");
+    /* A task's chain wins over its model's, also when the request names another model. */
+    CHAIN(c, "invoice", NULL, "task", "big", "qwen", "review");
+    CHAIN(c, "invoice", "claude-sonnet", "task", "claude-sonnet", "qwen", "review");
+    /* A step repeating the first is left out. */
+    CHAIN(c, "invoice", "qwen", "task", "qwen", "review");
+    /* A task without fallbacks: its model's. */
+    CHAIN(c, "describe", NULL, "model", "qwen", "gpt-4o-mini");
+    CHAIN(c, "describe", "big", "model", "big", "claude-sonnet", "qwen", "local", "review");
+    /* No task, no model: default_model, no fallbacks; a prefix-routed name alone. */
+    CHAIN(c, NULL, NULL, NULL, "local");
+    CHAIN(c, NULL, "gpt-4o-mini", NULL, "gpt-4o-mini");
+
+    /* What each step carries. */
+    ap_chain ch;
+    ap_error err = {0};
+    assert_int_equal(ap_config_chain(c, NULL, "big", &ch, &err), AP_OK);
+    assert_int_equal(ch.n_steps, 5);
+    assert_non_null(ch.step[0].model_conf);
+    assert_string_equal(ch.step[0].provider->name, "openai");
+    assert_string_equal(ch.step[0].upstream, "gpt-4o-2024-08-06");
+    assert_string_equal(ch.step[0].deployment, "openai/gpt-4o-2024-08-06");
+    assert_false(ch.step[0].review);
+    assert_string_equal(ch.step[2].deployment, "box/Qwen/Qwen2.5-VL-7B-Instruct");
+    assert_string_equal(ch.step[3].provider->name, "local");
+    assert_string_equal(ch.step[3].deployment, "local/local");
+    assert_true(ch.step[4].review);
+    assert_null(ch.step[4].provider);
+    assert_null(ch.step[4].model_conf);
+    assert_null(ch.step[4].upstream);
+    assert_string_equal(ch.step[4].deployment, "");
+    assert_int_equal(ap_config_chain(c, NULL, "gpt-4o-mini", &ch, &err), AP_OK);
+    assert_null(ch.step[0].model_conf);
+    assert_string_equal(ch.step[0].deployment, "openai/gpt-4o-mini");
+
+    /* Failures leave *out alone. */
+    memset(&ch, 0x5a, sizeof(ch));
+    ap_chain before = ch;
+    assert_int_equal(ap_config_chain(c, NULL, "llava", &ch, &err), AP_ENOTFOUND);
+    assert_non_null(strstr(err.msg, "no route for model \"llava\""));
+    memset(&err, 0, sizeof(err));
+    assert_int_equal(ap_config_chain(c, "nope", NULL, &ch, &err), AP_ENOTFOUND);
+    assert_non_null(strstr(err.msg, "no task named \"nope\""));
+    memset(&err, 0, sizeof(err));
+    assert_int_equal(ap_config_chain(c, NULL, "", &ch, &err), AP_EINVAL);
+    assert_memory_equal(&ch, &before, sizeof(ch));
+    ap_config_free(c);
+
+    /* Disabled providers: their steps are skipped, the first one included. */
+    unsetenv("ANTHROPIC_API_KEY");
+    c = chain_config();
+    CHAIN(c, NULL, "big", "model", "big", "qwen", "local", "review");
+    unsetenv("OPENAI_API_KEY");
+    ap_config_free(c);
+    c = chain_config();
+    CHAIN(c, NULL, "big", "model", "qwen", "local", "review");
+    CHAIN(c, NULL, "qwen", "model", "qwen"); /* gpt-4o-mini's openai is disabled */
+    /* Nothing left: the message says why the model asked for is unavailable. */
+    memset(&err, 0, sizeof(err));
+    assert_int_equal(ap_config_chain(c, NULL, "gpt-4o", &ch, &err), AP_ENOTFOUND);
+    assert_non_null(strstr(err.msg, "OPENAI_API_KEY"));
+    ap_config_free(c);
+}
+
+static void test_resilience__chain_in_the_example(void **state)
+{
+    (void)state;
+    ap_config *c = NULL;
+    ap_error err = {0};
+    setenv("OPENAI_API_KEY", "k", 1);
+    if (ap_config_load(AP_SOURCE_DIR "/config/aperture.example.yaml", NULL, &c, &err) != AP_OK)
+        fail_msg("example: %s", err.msg);
+    /* anthropic and my-vllm have no key here: their steps drop out. */
+    CHAIN(c, NULL, "gpt-4o", "model", "gpt-4o", "local", "review");
+    CHAIN(c, "invoice_extraction", NULL, "task", "gpt-4o", "review");
+    ap_config_free(c);
+}
+
+#define T(fn) cmocka_unit_test_setup_teardown(fn, clean_env, clean_env)
 
 int main(void)
 {
@@ -798,6 +968,8 @@ int main(void)
         T(test_resilience__breaker_foreach_and_limits),
         T(test_resilience__breaker_no_thundering_herd),
         T(test_resilience__breaker_concurrent_churn),
+        T(test_resilience__chain_resolution),
+        T(test_resilience__chain_in_the_example),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
