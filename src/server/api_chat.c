@@ -8,7 +8,9 @@
  * for byte; other pairs are translated chunk by chunk as they arrive.
  */
 #include <pthread.h>
+#include <stdint.h>
 #include <stdlib.h>
+#include <time.h>
 #include <string.h>
 #include <strings.h>
 
@@ -18,6 +20,7 @@
 #include "core/core.h"
 #include "net/fetch.h"
 #include "provider/ocr.h"
+#include "aperture/resilience.h"
 #include "provider/provider.h"
 #include "server/server.h"
 
@@ -224,6 +227,14 @@ struct chat {
     char acc_finish[32];
     struct chat *next_waiter;
     const char *cache_hdr;
+    /* Resilience: the chain of steps, the step and attempt now running. */
+    ap_chain chain;
+    size_t step;
+    int attempt;
+    bool is_probe;
+    double t_first;
+    uint64_t rng;
+    json_t *orig; /* the request before its images were prepared (fallback steps redo it) */
     /* Header values (kept alive until the response is built). */
     char h_before[24], h_after[24], h_saved[24], h_usd_saved[32], h_cost[32], h_prep[24],
         h_route[96];
@@ -235,6 +246,7 @@ static void chat_free(struct chat *c)
     for (size_t i = 0; i < c->n_key_img; i++)
         free(c->img_bytes[i]);
     free(c->acc_text);
+    json_decref(c->orig);
     json_decref(c->canon);
     if (c->xs)
         c->ops->stream_free(c->xs);
@@ -246,6 +258,10 @@ static void chat_free(struct chat *c)
 
 static void cache_store(struct chat *c, const json_t *resp);
 static void flight_finish(struct chat *c, const json_t *resp, unsigned status, const char *msg);
+static bool try_again(struct chat *c, ap_status rc, long status, const char *bad_answer);
+static bool prepare_images(struct chat *c, uint8_t ***ocr, size_t **ocr_len, size_t *n_ocr);
+static void breaker_result(struct chat *c, bool success);
+static const char *answer_check(struct chat *c, const json_t *resp);
 
 /* Fill the x-aperture-* headers from what the request knows now. */
 static const char *const *chat_headers(struct chat *c)
@@ -270,7 +286,11 @@ static const char *const *chat_headers(struct chat *c)
     snprintf(c->h_usd_saved, sizeof(c->h_usd_saved), "%.8f", (double)saved * pin / 1e6);
     snprintf(c->h_cost, sizeof(c->h_cost), "%.8f", r->cost_usd);
     snprintf(c->h_prep, sizeof(c->h_prep), "%.2f", r->prep_ms);
-    snprintf(c->h_route, sizeof(c->h_route), "%s", r->provider);
+    if (c->chain.n_steps > 1)
+        snprintf(c->h_route, sizeof(c->h_route), "%.60s (step %zu of %zu)",
+                 c->chain.step[c->step].model, c->step + 1, c->chain.n_steps);
+    else
+        snprintf(c->h_route, sizeof(c->h_route), "%.60s", r->provider);
     const char *h[] = {"x-aperture-provider",         r->provider,
                        "x-aperture-model",            r->model,
                        "x-aperture-route",            c->h_route,
@@ -494,6 +514,9 @@ static void on_stream_done(void *ctx, ap_status rc, long status, const char *bod
     ap__metrics_observe(r->gw->metrics, "aperture_upstream_duration_seconds",
                         (const char *[]){"model", r->model, NULL}, r->upstream_ms / 1e3);
     if (!c->began) {
+        /* Nothing reached the client yet: this attempt may be retried or fall through. */
+        if (try_again(c, rc == AP_OK ? AP_EUPSTREAM : rc, status, NULL))
+            return;
         if (rc == AP_OK) {
             ap_error err = {0};
             json_t *resp = NULL;
@@ -517,6 +540,7 @@ static void on_stream_done(void *ctx, ap_status rc, long status, const char *bod
         errmsg = ferr.msg;
     }
     account(c);
+    breaker_result(c, rc == AP_OK);
     if (rc != AP_OK)
         snprintf(r->error, sizeof(r->error), "%.40s: stream ended early: %.180s", c->prov->name, errmsg);
     if (rc == AP_OK && c->cacheable) {
@@ -564,15 +588,25 @@ static void on_done(void *ctx, ap_status rc, long status, const char *body, size
     ap__metrics_observe(r->gw->metrics, "aperture_upstream_duration_seconds",
                         (const char *[]){"model", r->model, NULL}, r->upstream_ms / 1e3);
     if (rc != AP_OK) {
+        if (try_again(c, rc, status, NULL))
+            return;
         reply_upstream_error(c, rc, status, errmsg);
     } else {
         ap_error err = {0};
         json_t *resp = NULL;
         ap_status prc = c->ops->parse(c->prov, status, body ? body : "", len, &resp, &c->usage, &err);
+        const char *bad = prc == AP_OK ? answer_check(c, resp) : NULL;
+        if (prc != AP_OK || bad) {
+            if (try_again(c, prc == AP_OK ? AP_EUPSTREAM : prc, status, bad)) {
+                json_decref(resp);
+                return;
+            }
+        }
         if (prc != AP_OK) {
             reply_upstream_error(c, prc == AP_EUPSTREAM ? AP_EUPSTREAM : AP_ENETWORK, status,
                                  err.msg);
         } else {
+            breaker_result(c, true);
             account(c);
             cache_store(c, resp);
             flight_finish(c, resp, 200, NULL);
@@ -977,6 +1011,327 @@ static bool cache_lookup(struct chat *c)
     return true;
 }
 
+
+/* ---- resilience: steps, retries, breakers, fallbacks ---------------------------------------- */
+
+/* Point c at chain step i: provider, model config, upstream name, token model. */
+static void use_step(struct chat *c, size_t i)
+{
+    const ap_chain_step *st = &c->chain.step[i];
+    c->step = i;
+    c->attempt = 1;
+    c->mconf = st->model_conf;
+    c->prov = st->provider;
+    snprintf(c->upstream, sizeof(c->upstream), "%s", st->upstream ? st->upstream : st->model);
+    snprintf(c->token_model, sizeof(c->token_model), "%s",
+             c->mconf && c->mconf->token_model ? c->mconf->token_model : c->upstream);
+    if (c->prov)
+        snprintf(c->r->provider, sizeof(c->r->provider), "%s", c->prov->name);
+}
+
+static void breaker_metric(struct chat *c, const char *dep)
+{
+    struct ap_gateway *gw = c->r->gw;
+    ap__metrics_set(gw->metrics, "aperture_breaker_state",
+                    (const char *[]){"deployment", dep, NULL},
+                    (double)ap_breaker_state_get(gw->breakers, dep));
+}
+
+/* Record this attempt's outcome with its deployment's breaker (once per allowed call). */
+static void breaker_result(struct chat *c, bool success)
+{
+    const ap_chain_step *st = &c->chain.step[c->step];
+    if (st->review || st->provider == NULL || st->provider->type == AP_PROVIDER_LOCAL)
+        return;
+    ap_breaker_record(c->r->gw->breakers, st->deployment, (int64_t)ap__now_ms(), success,
+                      c->is_probe);
+    breaker_metric(c, st->deployment);
+}
+
+/* May step i run now? Local and review steps have no breaker. */
+static bool step_allowed(struct chat *c, size_t i)
+{
+    const ap_chain_step *st = &c->chain.step[i];
+    if (st->review || st->provider == NULL || st->provider->type == AP_PROVIDER_LOCAL)
+        return true;
+    return ap_breaker_allow(c->r->gw->breakers, st->deployment, (int64_t)ap__now_ms(),
+                            &c->is_probe);
+}
+
+static bool first_healthy_step(struct chat *c)
+{
+    for (size_t i = 0; i < c->chain.n_steps; i++) {
+        if (c->chain.step[i].review)
+            return false; /* the review queue is not built yet: see no_healthy_step() */
+        if (step_allowed(c, i)) {
+            if (i > 0)
+                ap__metrics_add(c->r->gw->metrics, "aperture_fallbacks_total",
+                                (const char *[]){"from", c->chain.step[0].model, "to",
+                                                 c->chain.step[i].model, "reason",
+                                                 "breaker_open", NULL},
+                                1);
+            use_step(c, i);
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Every step is open (or only review is left): 503 at once, with the shortest cooldown. */
+static void no_healthy_step(struct chat *c)
+{
+    struct ap__req *r = c->r;
+    long wait = 0;
+    for (size_t i = 0; i < c->chain.n_steps; i++) {
+        const ap_chain_step *st = &c->chain.step[i];
+        if (st->review || st->provider == NULL)
+            continue;
+        long w = ap_breaker_wait_ms(r->gw->breakers, st->deployment, (int64_t)ap__now_ms());
+        if (w > 0 && (wait == 0 || w < wait))
+            wait = w;
+    }
+    snprintf(r->retry_after, sizeof(r->retry_after), "%ld", wait > 0 ? (wait + 999) / 1000 : 1);
+    ap__req_error(r, 503, r->dialect == AP__DIALECT_ANTHROPIC ? "overloaded_error" : "unavailable",
+                  NULL, "no healthy provider for \"%s\": every step of its chain is failing%s",
+                  r->model,
+                  c->chain.step[c->chain.n_steps - 1].review
+                      ? " (the review step is configured but the review queue is not available)"
+                      : "");
+    flight_finish(c, NULL, 503, r->error);
+}
+
+/* A 2xx answer that still does not do: a refusal, or not JSON where JSON was asked. */
+static const char *answer_check(struct chat *c, const json_t *resp)
+{
+    json_t *ch0 = json_array_get(json_object_get(resp, "choices"), 0);
+    const char *fr = json_string_value(json_object_get(ch0, "finish_reason"));
+    if (fr && strcmp(fr, "content_filter") == 0)
+        return "refusal";
+    json_t *rf = json_object_get(c->canon, "response_format");
+    const char *type = json_string_value(json_object_get(rf, "type"));
+    if (type && (strcmp(type, "json_object") == 0 || strcmp(type, "json_schema") == 0)) {
+        const char *text = json_string_value(json_object_get(json_object_get(ch0, "message"),
+                                                             "content"));
+        const char *a = text ? strchr(text, '{') : NULL, *b = text ? strrchr(text, '}') : NULL;
+        json_t *j = a && b && b > a ? json_loadb(a, (size_t)(b - a + 1), 0, NULL) : NULL;
+        if (!json_is_object(j)) {
+            json_decref(j);
+            return "invalid_output";
+        }
+        /* Every field null: the step found nothing; a later one may. */
+        const char *k;
+        json_t *v;
+        bool any = false;
+        size_t n = json_object_size(j);
+        json_object_foreach(j, k, v) if (!json_is_null(v)) any = true;
+        json_decref(j);
+        if (!any && n > 0)
+            return "failed_checks";
+    }
+    return NULL;
+}
+
+static void start_attempt(struct chat *c, long delay_ms);
+static void step_job(void *arg);
+
+/*
+ * An attempt failed (rc/status) or answered badly (bad_answer). Retry the same step with
+ * backoff where the policy says so, else fall through to the next step whose breaker is not
+ * open. Returns true when something was scheduled: c is then owned by that.
+ */
+static bool try_again(struct chat *c, ap_status rc, long status, const char *bad_answer)
+{
+    struct ap__req *r = c->r;
+    struct ap_gateway *gw = r->gw;
+    const ap_retry_policy *pol = &gw->cfg->retry;
+    const ap_chain_step *st = &c->chain.step[c->step];
+    long elapsed = (long)(ap__now_ms() - c->t_first);
+    bool transient = bad_answer == NULL && ap_retry_transient(pol, rc, status);
+    breaker_result(c, !transient);
+    if (bad_answer == NULL && ap_retry_should(pol, c->attempt, rc, status, false, c->began)) {
+        struct timespec now;
+        clock_gettime(CLOCK_REALTIME, &now);
+        long delay = ap_retry_delay_ms(pol, c->attempt, c->retry_after[0] ? c->retry_after : NULL,
+                                       NULL, (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000,
+                                       &c->rng);
+        if (ap_retry_fits_deadline(pol, elapsed, delay) && step_allowed(c, c->step)) {
+            ap__metrics_add(gw->metrics, "aperture_retries_total",
+                            (const char *[]){"deployment", st->deployment, "reason",
+                                             ap_retry_reason(rc, status), NULL},
+                            1);
+            c->attempt++;
+            start_attempt(c, delay);
+            return true;
+        }
+    }
+    const char *reason = bad_answer ? bad_answer : "error";
+    for (size_t i = c->step + 1; i < c->chain.n_steps; i++) {
+        const ap_chain_step *nx = &c->chain.step[i];
+        if (nx->review)
+            break; /* no review queue yet: the client gets the last error */
+        if (!step_allowed(c, i)) {
+            ap__metrics_add(gw->metrics, "aperture_fallbacks_total",
+                            (const char *[]){"from", st->model, "to", nx->model, "reason",
+                                             "breaker_open", NULL},
+                            1);
+            continue;
+        }
+        ap__metrics_add(gw->metrics, "aperture_fallbacks_total",
+                        (const char *[]){"from", st->model, "to", nx->model, "reason", reason,
+                                         NULL},
+                        1);
+        use_step(c, i);
+        /* The next step may want other image sizes: redo the images on a worker. */
+        if (ap__pool_submit(gw->pool, step_job, c) != 0)
+            return false;
+        return true;
+    }
+    return false;
+}
+
+/* Undo the previous step's image preparation and prepare for the current step. */
+static bool reprepare(struct chat *c, uint8_t ***ocr, size_t **ocr_len, size_t *n_ocr)
+{
+    struct ap__req *r = c->r;
+    if (c->orig == NULL)
+        return true;
+    json_decref(c->canon);
+    c->canon = json_deep_copy(c->orig);
+    for (size_t i = 0; i < c->n_key_img; i++) {
+        free(c->img_bytes[i]);
+        c->img_bytes[i] = NULL;
+    }
+    size_t keep_key_img = c->n_key_img; /* the cache key stays the first step's */
+    c->n_key_img = 0;
+    r->n_img = 0;
+    bool ok = prepare_images(c, ocr, ocr_len, n_ocr);
+    for (size_t i = 0; i < c->n_key_img; i++) {
+        free(c->img_bytes[i]);
+        c->img_bytes[i] = NULL;
+    }
+    c->n_key_img = keep_key_img;
+    return ok;
+}
+
+/* Run the current step: in-process for local, else the first attempt of an upstream call.
+ * Takes c (and its request reference). */
+static void step_run(struct chat *c, uint8_t **ocr, size_t *ocr_len, size_t n_ocr)
+{
+    struct ap__req *r = c->r;
+    struct ap_gateway *gw = r->gw;
+    ap_error err = {0};
+    if (c->prov->type == AP_PROVIDER_LOCAL) {
+        json_t *resp = NULL;
+        snprintf(r->route_method, sizeof(r->route_method), "local-ocr");
+        struct ap__ocr *engine = thread_ocr(&err);
+        if (engine == NULL) {
+            ap__req_error(r, 500, "api_error", NULL, "local: %s", err.msg);
+            flight_finish(c, NULL, 500, r->error);
+        } else if (ap__local_answer_ocr(gw->cfg, engine, r->task_header, c->canon,
+                                        (const uint8_t *const *)ocr, ocr_len, n_ocr, &resp,
+                                        &err) != AP_OK) {
+            ap__req_error(r, 400, "invalid_request_error", NULL, "%s", err.msg);
+            flight_finish(c, NULL, 400, r->error);
+        } else {
+            cache_store(c, resp);
+            flight_finish(c, resp, 200, NULL);
+            deliver(c, resp);
+        }
+        chat_free(c);
+        return;
+    }
+    c->ops = ap__provider_ops_for(c->prov->type);
+    if (c->ops == NULL) {
+        ap__req_error(r, 500, "api_error", NULL, "provider \"%s\" has no implementation",
+                      c->prov->name);
+        flight_finish(c, NULL, 500, r->error);
+        chat_free(c);
+        return;
+    }
+    snprintf(r->route_method, sizeof(r->route_method), "%s", c->prov->name);
+    ap__req_ref(r); /* held by the upstream calls until the last on_done */
+    start_attempt(c, 0);
+}
+
+/* A fallback step, on a worker: prepare its images, run it. */
+static void step_job(void *arg)
+{
+    struct chat *c = arg;
+    struct ap__req *r = c->r;
+    uint8_t **ocr = NULL;
+    size_t *ocr_len = NULL, n_ocr = 0;
+    /* The request reference the upstream call held passes to the step; step_run takes its
+     * own for the next call, so drop this one once the step is under way. */
+    if (reprepare(c, &ocr, &ocr_len, &n_ocr)) {
+        step_run(c, ocr, ocr_len, n_ocr);
+    } else {
+        flight_finish(c, NULL, r->status, r->error);
+        chat_free(c);
+    }
+    for (size_t i = 0; i < n_ocr; i++)
+        free(ocr[i]);
+    free(ocr);
+    free(ocr_len);
+    ap__req_unref(r);
+}
+
+/* Build and submit one upstream attempt of the current step after delay_ms. c stays owned by
+ * the call; the caller holds a request reference for it. */
+static void start_attempt(struct chat *c, long delay_ms)
+{
+    struct ap__req *r = c->r;
+    struct ap_gateway *gw = r->gw;
+    ap_error err = {0};
+    /* Per-attempt state starts fresh. */
+    free(c->errbuf);
+    c->errbuf = NULL;
+    c->errlen = 0;
+    c->retry_after[0] = '\0';
+    if (c->xs) {
+        c->ops->stream_free(c->xs);
+        c->xs = NULL;
+    }
+    free(c->acc_text);
+    c->acc_text = NULL;
+    c->acc_len = 0;
+    c->acc_finish[0] = '\0';
+    memset(&c->usage, 0, sizeof(c->usage));
+    struct ap__http_call *call = ap__xcalloc(1, sizeof(*call));
+    if (c->ops->build(c->prov, c->upstream, c->canon, c->stream, &call->req, &err) != AP_OK) {
+        free(call);
+        ap__req_error(r, 400, "invalid_request_error", NULL, "%s", err.msg);
+        flight_finish(c, NULL, 400, r->error);
+        ap__req_unref(r);
+        chat_free(c);
+        return;
+    }
+    long prov_timeout = c->prov->timeout_ms > 0 ? c->prov->timeout_ms : 600000;
+    long left = ap_retry_attempt_timeout_ms(&gw->cfg->retry, (long)(ap__now_ms() - c->t_first),
+                                            prov_timeout);
+    call->connect_timeout_ms = c->prov->connect_timeout_ms > 0 ? c->prov->connect_timeout_ms
+                                                               : 10000;
+    call->timeout_ms = left > 0 ? left : 1;
+    call->max_body = 64u << 20;
+    call->ctx = c;
+    c->call = call;
+    if (c->stream) {
+        json_t *so = json_object_get(c->canon, "stream_options");
+        /* Byte-for-byte relay when nothing needs changing: OpenAI wire to an OpenAI client
+         * that chose its own stream_options (otherwise build() adds include_usage for our
+         * accounting and the usage chunk must be filtered out). */
+        c->passthrough = r->dialect == AP__DIALECT_OPENAI && c->ops == &ap__openai_ops && so;
+        c->xs = c->ops->stream_new(c->prov, r->model, emit_chunk, c);
+        if (r->dialect == AP__DIALECT_ANTHROPIC && c->aw == NULL)
+            c->aw = ap__anth_sse_new(r->model);
+        call->on_data = on_stream_data;
+        call->on_done = on_stream_done;
+    } else {
+        call->on_done = on_done;
+    }
+    c->t_up = ap__now_ms();
+    ap__http_submit_after(gw->http, call, delay_ms);
+}
+
 /* ---- the handler -------------------------------------------------------------------------------- */
 
 /* Append s (and a newline before it when buf is not empty) to buf, truncating at cap. */
@@ -1189,17 +1544,21 @@ void ap__chat_run(struct ap__req *r, json_t *canon)
     }
     const char *model = json_string_value(jm);
     snprintf(r->model, sizeof(r->model), "%s", model);
-    if (ap_config_route(gw->cfg, model, &c->mconf, &c->prov, &err) != AP_OK) {
+    /* A task named by the client but not configured has no fallbacks of its own. */
+    const char *ctask = r->task_header && ap_config_task(gw->cfg, r->task_header)
+                            ? r->task_header
+                            : NULL;
+    if (ap_config_chain(gw->cfg, ctask, model, &c->chain, &err) != AP_OK) {
         ap__req_error(r, 404, r->dialect == AP__DIALECT_ANTHROPIC ? "not_found_error"
                                                                   : "invalid_request_error",
                       "model", "%s", err.msg);
         goto out;
     }
-    snprintf(r->provider, sizeof(r->provider), "%s", c->prov->name);
-    snprintf(c->upstream, sizeof(c->upstream), "%s",
-             c->mconf && c->mconf->upstream ? c->mconf->upstream : model);
-    snprintf(c->token_model, sizeof(c->token_model), "%s",
-             c->mconf && c->mconf->token_model ? c->mconf->token_model : c->upstream);
+    c->t_first = ap__now_ms();
+    c->rng = (uint64_t)(c->t_first * 1000.0) ^ (uint64_t)(uintptr_t)c;
+    if (c->chain.n_steps > 1)
+        c->orig = json_deep_copy(c->canon);
+    use_step(c, 0);
     c->stream = json_is_true(json_object_get(c->canon, "stream"));
     c->want_usage =
         json_is_true(json_object_get(json_object_get(c->canon, "stream_options"), "include_usage"));
@@ -1242,67 +1601,17 @@ void ap__chat_run(struct ap__req *r, json_t *canon)
         }
     }
 
-    if (c->prov->type == AP_PROVIDER_LOCAL) {
-        json_t *resp = NULL;
-        const char *task = r->task_header;
-        snprintf(r->route_method, sizeof(r->route_method), "local-ocr");
-        struct ap__ocr *engine = thread_ocr(&err);
-        if (engine == NULL) {
-            ap__req_error(r, 500, "api_error", NULL, "local: %s", err.msg);
-            flight_finish(c, NULL, 500, r->error);
-            goto out;
-        }
-        if (ap__local_answer_ocr(gw->cfg, engine, task, c->canon, (const uint8_t *const *)ocr,
-                                 ocr_len, n_ocr, &resp, &err) != AP_OK) {
-            ap__req_error(r, 400, "invalid_request_error", NULL, "%s", err.msg);
-            flight_finish(c, NULL, 400, r->error);
-            goto out;
-        }
-        cache_store(c, resp);
-        flight_finish(c, resp, 200, NULL);
-        deliver(c, resp);
+    /* The first step whose breaker lets it through; open ones are skipped at once. */
+    if (!first_healthy_step(c)) {
+        no_healthy_step(c);
         goto out;
     }
-
-    c->ops = ap__provider_ops_for(c->prov->type);
-    if (c->ops == NULL) {
-        ap__req_error(r, 500, "api_error", NULL, "provider \"%s\" has no implementation",
-                      c->prov->name);
-        flight_finish(c, NULL, 500, r->error);
+    if (c->step > 0 && !reprepare(c, &ocr, &ocr_len, &n_ocr)) {
+        flight_finish(c, NULL, r->status, r->error);
         goto out;
     }
-    struct ap__http_call *call = ap__xcalloc(1, sizeof(*call));
-    if (c->ops->build(c->prov, c->upstream, c->canon, c->stream, &call->req, &err) != AP_OK) {
-        free(call);
-        ap__req_error(r, 400, "invalid_request_error", NULL, "%s", err.msg);
-        flight_finish(c, NULL, 400, r->error);
-        goto out;
-    }
-    call->connect_timeout_ms = c->prov->connect_timeout_ms > 0 ? c->prov->connect_timeout_ms
-                                                               : 10000;
-    call->timeout_ms = c->prov->timeout_ms > 0 ? c->prov->timeout_ms : 600000;
-    call->max_body = 64u << 20;
-    call->ctx = c;
-    c->call = call;
-    if (c->stream) {
-        json_t *so = json_object_get(c->canon, "stream_options");
-        /* Byte-for-byte relay when nothing needs changing: OpenAI wire to an OpenAI client
-         * that chose its own stream_options (otherwise build() adds include_usage for our
-         * accounting and the usage chunk must be filtered out). */
-        c->passthrough = r->dialect == AP__DIALECT_OPENAI && c->ops == &ap__openai_ops && so;
-        c->xs = c->ops->stream_new(c->prov, model, emit_chunk, c);
-        if (r->dialect == AP__DIALECT_ANTHROPIC)
-            c->aw = ap__anth_sse_new(model);
-        call->on_data = on_stream_data;
-        call->on_done = on_stream_done;
-    } else {
-        call->on_done = on_done;
-    }
-    snprintf(r->route_method, sizeof(r->route_method), "%s", c->prov->name);
-    c->t_up = ap__now_ms();
-    ap__req_ref(r); /* held by the upstream call until its on_done */
-    ap__http_submit(gw->http, call);
-    c = NULL;       /* owned by the call now */
+    step_run(c, ocr, ocr_len, n_ocr);
+    c = NULL; /* step_run owns it */
 out:
     for (size_t i = 0; i < n_ocr; i++)
         free(ocr[i]);

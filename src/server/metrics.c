@@ -44,6 +44,10 @@ static const struct family_def {
     {"aperture_cache_bytes", GAUGE, "Bytes of cached answers.", 0, 0},
     {"aperture_cache_saved_usd_total", COUNTER, "USD not spent thanks to cache hits.", 0, 0},
     {"aperture_cache_backend_up", GAUGE, "1 when the cache backend answers, else 0.", 0, 0},
+    {"aperture_retries_total", COUNTER, "Upstream attempts retried, by deployment and reason.", 0,
+     0},
+    {"aperture_fallbacks_total", COUNTER, "Fallbacks from one chain step to the next.", 0, 0},
+    {"aperture_breaker_state", GAUGE, "Circuit breaker: 0 closed, 1 open, 2 half-open.", 0, 0},
 };
 #define N_FAMILIES (sizeof(defs) / sizeof(defs[0]))
 

@@ -832,6 +832,12 @@ ap_status ap_gateway_start(const ap_config *cfg, ap_gateway **out, ap_error *err
     gw->metrics = ap__metrics_new();
     pthread_mutex_init(&gw->flight_mu, NULL);
     open_cache(gw);
+    if (ap_breaker_set_new(&cfg->breaker, &gw->breakers, err) != AP_OK) {
+        ap_cache_close(gw->cache);
+        ap__metrics_free(gw->metrics);
+        free(gw);
+        return AP_EINVAL;
+    }
     gw->pool = ap__pool_new(cfg->workers);
     gw->http = ap__http_new();
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
@@ -890,6 +896,7 @@ void ap_gateway_stop(ap_gateway *gw, long deadline_ms)
     }
     MHD_stop_daemon(gw->mhd);
     ap_cache_close(gw->cache);
+    ap_breaker_set_free(gw->breakers);
     pthread_mutex_destroy(&gw->flight_mu);
     ap__metrics_free(gw->metrics);
     struct ap__bucket *b = gw->buckets;

@@ -24,6 +24,7 @@
 
 #include "aperture/cache.h"
 #include "aperture/config.h"
+#include "aperture/resilience.h"
 #include "aperture/prep.h"
 #include "aperture/gateway.h"
 #include "core/pool.h"
@@ -55,6 +56,7 @@ struct ap_gateway {
     pthread_mutex_t flight_mu;
     struct ap__flight *flights;
     double cache_logged_down; /* last time "cache unreachable" was logged (ms) */
+    ap_breaker_set *breakers; /* one circuit breaker per provider deployment */
 };
 
 /* Facts about one image, for headers, the log line and /v1/analyze. */

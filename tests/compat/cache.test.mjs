@@ -595,6 +595,7 @@ describe('sqlite', () => {
   before(async () => {
     gw = await startGateway(fake, {
       env: { APERTURE_CACHE_URL: `sqlite://${join(work, 'cache.db')}`, APERTURE_ADMIN_KEY: ADMIN_KEY },
+      config: { retry: { max_attempts: 1 } }, // an injected failure must reach the client
     });
   });
   after(async () => {
@@ -611,8 +612,8 @@ describe('redis', { skip: NO_REDIS }, () => {
     port = await freePort();
     redis = await startRedis(port);
     const env = { APERTURE_CACHE_URL: `redis://127.0.0.1:${port}/0`, APERTURE_ADMIN_KEY: ADMIN_KEY };
-    gw = await startGateway(fake, { env });
-    gw2 = await startGateway(fake, { env });
+    gw = await startGateway(fake, { env, config: { retry: { max_attempts: 1 } } });
+    gw2 = await startGateway(fake, { env, config: { retry: { max_attempts: 1 } } });
   });
   after(async () => {
     await gw?.stop();

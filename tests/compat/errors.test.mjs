@@ -14,7 +14,9 @@ const MAX_BODY = 16 * 1024 * 1024; // harness.gatewayConfig
 
 before(async () => {
   fake = await startFake();
-  gw = await startGateway(fake); // providers time out after 2.5 s (harness.gatewayConfig)
+  // One attempt: these cases check how a single upstream failure surfaces to clients (retries
+  // and fallbacks have their own tests in resilience.test.mjs).
+  gw = await startGateway(fake, { config: { retry: { max_attempts: 1 } } }); // providers time out after 2.5 s
   oai = new OpenAI({ baseURL: `${gw.url}/v1`, apiKey: 'unused', maxRetries: 0 });
   ant = new Anthropic({ baseURL: gw.url, apiKey: 'unused', maxRetries: 0 });
 });

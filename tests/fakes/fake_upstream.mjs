@@ -13,7 +13,8 @@
 //   POST /__reset                    clear the records and the faults
 // Injects faults, per request:
 //   POST /__faults {path?, status?, retry_after?, message?, delay_ms?, malformed_json?, truncate_stream?,
-//                   drop?, stream_error?, count?}   (count: requests affected, default 1, -1 = all)
+//                   drop?, stream_error?, count?, rate?}   (count: requests affected, default 1, -1 = all;
+//                   rate: probability that a matching request is affected)
 //   GET /__faults lists the pending faults, DELETE /__faults clears them.
 //   or a request header  x-fake-fault: {"status":429,"retry_after":3}  (JSON) or  status=429,retry_after=3
 //   status: answer with that status and an error body in the endpoint's format (plus Retry-After when
@@ -208,7 +209,9 @@ export function startFakeUpstream(opts = {}) {
   function takeFault(req, pathname) {
     const h = req.headers['x-fake-fault'];
     if (h) return parseFaultHeader(h);
-    const i = faults.findIndex((f) => !f.path || pathname.startsWith(f.path));
+    // A fault with `rate` (0..1) hits each matching request with that probability (chaos runs,
+    // usually with count -1); without it, every matching request until count runs out.
+    const i = faults.findIndex((f) => (!f.path || pathname.startsWith(f.path)) && (f.rate === undefined || Math.random() < f.rate));
     if (i < 0) return null;
     const f = faults[i];
     if (f.count > 0 && --f.count === 0) faults.splice(i, 1);
