@@ -23,6 +23,7 @@
 #
 # Knobs (environment): REPS=7 PIL_REPS=5 RUNS=10 TP_RUNS=3 COPIES=4
 #   SHARED=../shared/bench PHOTOS=../shared/corpus/photos SKIP_THROUGHPUT=1 SKIP_MEMORY=1
+#   QUICK=1 (only the 12 MP photo's latency row, and throughput)
 # Writes raw data to bench/out/raw/ and the report to bench/out/results.md (also printed).
 # Needs: scripts/deps.sh bench (hyperfine, time, libjpeg-turbo-progs, imagemagick, libvips-tools,
 # python3-pil, python3-numpy, node + npm). sharp is installed into bench/node_modules here.
@@ -89,6 +90,12 @@ mp100p1=$OUT/inputs/mp100p1.png
 images=("$p12")
 for p in "${photos[@]}"; do [ "$p" = "$p12" ] || images+=("$p"); done
 images+=("$large")
+# QUICK=1: latency of the 12 MP phone photo only, then throughput; no memory section. For
+# re-checking in a short quiet window on a shared machine.
+if [ -n "${QUICK:-}" ]; then
+  images=("$p12")
+  SKIP_MEMORY=1
+fi
 
 key() { local b; b=$(basename "$1"); echo "${b%.*}"; }
 rep() { local n=$1 f=$2 i; for ((i = 0; i < n; i++)); do printf '%s\n' "$f"; done; }
