@@ -8,7 +8,7 @@ import math
 import os
 import sys
 
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 
 def photo(path):
@@ -54,17 +54,38 @@ def logo(path):
     img.save(path, "PNG")
 
 
+def font(size):
+    # DejaVu (Debian fonts-dejavu-core) at a size OCR reads; Pillow's bitmap font otherwise.
+    for f in ("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "DejaVuSans.ttf"):
+        try:
+            return ImageFont.truetype(f, size)
+        except OSError:
+            pass
+    return ImageFont.load_default()
+
+
 def document(path):
-    # An A4 page at 300 dpi with wide margins: --trim and --gray territory.
+    # An A4 invoice at 300 dpi with wide margins: the local provider's invoice_extraction reads
+    # it, and --trim / --gray have work to do.
     w, h = 2480, 3508
     img = Image.new("L", (w, h), 255)
     d = ImageDraw.Draw(img)
-    y = 400
-    d.text((300, y), "INVOICE  No. 2026-0042", fill=0)
-    for i in range(40):
-        y += 60
-        d.text((300, y), f"Item {i + 1:02d}  widget, blue ........ {(i + 1) * 3.5:8.2f} EUR", fill=0)
-    d.text((300, y + 120), "TOTAL  1435.00 EUR", fill=0)
+    big, body = font(72), font(44)
+    d.text((300, 300), "Acme Office Supplies Ltd.", fill=0, font=big)
+    d.text((300, 420), "12 Harbour Street, Dublin", fill=0, font=body)
+    d.text((300, 600), "INVOICE", fill=0, font=big)
+    d.text((300, 720), "Invoice No: INV-2026-0042", fill=0, font=body)
+    d.text((300, 790), "Date: 2026-11-02", fill=0, font=body)
+    y = 950
+    total = 0.0
+    for i in range(12):
+        price = (i + 1) * 12.5
+        total += price
+        d.text((300, y), f"Item {i + 1:02d}  widget, blue", fill=0, font=body)
+        d.text((1800, y), f"{price:8.2f} EUR", fill=0, font=body)
+        y += 70
+    d.text((300, y + 80), "TOTAL", fill=0, font=big)
+    d.text((1700, y + 80), f"{total:.2f} EUR", fill=0, font=big)
     img.save(path, "PNG")
 
 
