@@ -8,5 +8,9 @@
 #include "aperture/prep.h"
 #include "aperture/hash.h"
 #include "aperture/tokens.h"
+#include "aperture/config.h"
+#include "aperture/cache.h"
+#include "aperture/resilience.h"
+#include "aperture/gateway.h"
 
 #endif
