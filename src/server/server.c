@@ -360,8 +360,11 @@ static void handle_metrics(struct ap__req *r)
     if (gw->cache) {
         ap_cache_stats st;
         if (ap_cache_stats_get(gw->cache, &st, NULL) == AP_OK) {
-            ap__metrics_set(gw->metrics, "aperture_cache_entries", NULL, (double)st.entries);
-            ap__metrics_set(gw->metrics, "aperture_cache_bytes", NULL, (double)st.bytes);
+            /* -1 means "not known" (Redis does not count bytes; a backend that is down). */
+            if (st.entries >= 0)
+                ap__metrics_set(gw->metrics, "aperture_cache_entries", NULL, (double)st.entries);
+            if (st.bytes >= 0)
+                ap__metrics_set(gw->metrics, "aperture_cache_bytes", NULL, (double)st.bytes);
             ap__cache_backend_state(gw, st.backend_up, "cache backend unreachable");
         } else {
             ap__cache_backend_state(gw, false, "cache backend unreachable");
