@@ -37,4 +37,7 @@ void ap_cli_parallel(size_t n, int jobs, const char *label, void (*fn)(size_t i,
 /* Write s as a JSON string literal (quoted, escaped). */
 void ap_cli_json_str(FILE *f, const char *s);
 
+/* Close an input's JSON object as refused: ,"ok":false,"error":CODE,"message":MSG}\n */
+void ap_cli_json_refusal(FILE *f, const char *code, const char *msg);
+
 #endif

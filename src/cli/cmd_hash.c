@@ -77,11 +77,7 @@ static void print_json(const struct hash_item *it)
     if (it->have_input_sha)
         printf(",\"input_sha256\":\"%s\"", it->input_sha256);
     if (it->rc != AP_OK) {
-        printf(",\"ok\":false,\"error\":");
-        ap_cli_json_str(stdout, ap_strerror(it->rc));
-        printf(",\"message\":");
-        ap_cli_json_str(stdout, it->msg);
-        printf("}\n");
+        ap_cli_json_refusal(stdout, ap_strerror(it->rc), it->msg);
         return;
     }
     ap_hash64_hex(r->phash, ph);

@@ -135,11 +135,7 @@ static void print_json(const struct prep_item *it)
     printf("{\"input\":");
     ap_cli_json_str(stdout, it->path);
     if (it->rc != AP_OK) {
-        printf(",\"ok\":false,\"error\":");
-        ap_cli_json_str(stdout, ap_strerror(it->rc));
-        printf(",\"message\":");
-        ap_cli_json_str(stdout, it->msg);
-        printf("}\n");
+        ap_cli_json_refusal(stdout, ap_strerror(it->rc), it->msg);
         return;
     }
     char meta[128], ph[17], dh[17];

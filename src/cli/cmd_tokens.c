@@ -233,11 +233,7 @@ static void print_json(const struct tokens_job *job, const struct tokens_item *i
     printf("{\"input\":");
     ap_cli_json_str(stdout, it->path);
     if (it->rc != AP_OK) {
-        printf(",\"ok\":false,\"error\":");
-        ap_cli_json_str(stdout, ap_strerror(it->rc));
-        printf(",\"message\":");
-        ap_cli_json_str(stdout, it->msg);
-        printf("}\n");
+        ap_cli_json_refusal(stdout, ap_strerror(it->rc), it->msg);
         return;
     }
     printf(",\"ok\":true,\"format\":\"%s\",\"width\":%u,\"height\":%u,\"bytes\":%zu,"

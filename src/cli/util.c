@@ -152,3 +152,12 @@ void ap_cli_json_str(FILE *f, const char *s)
     }
     fputc('"', f);
 }
+
+void ap_cli_json_refusal(FILE *f, const char *code, const char *msg)
+{
+    fputs(",\"ok\":false,\"error\":", f);
+    ap_cli_json_str(f, code);
+    fputs(",\"message\":", f);
+    ap_cli_json_str(f, msg);
+    fputs("}\n", f);
+}
