@@ -13,7 +13,8 @@
 #   portkey           wrk -> @portkey-ai/gateway (node) -> fake   x-portkey-provider: openai,
 #                                                           x-portkey-custom-host: the fake
 # Scenarios:
-#   text   text.lua: a small non-streamed Chat Completions request (fixed 631-byte answer)
+#   text   text.lua: a small non-streamed Chat Completions request (fixed ~630-byte answer); every
+#          request unique (a number in the prompt) so no answer cache can serve it
 #   image  image.lua: the same with one 12 MP JPEG (4032x3024, 4.2 MB) as a base64 data URL;
 #          aperture decodes, resizes to 1024x768 (gpt-4o, target openai-high) and re-encodes
 #          it; the fake and Portkey receive the 5.6 MB body as it is
@@ -24,8 +25,8 @@
 # can time every request exactly, see common.lua) for DURATION s after a WARMUP s run, for
 # each load in TEXT_CONNS / IMAGE_CONNS, REPS times. A load is C (C connections flat out) or
 # C@D (C connections, each waiting D ms after an answer before its next request: a paced,
-# moderate load whose latency is not all queueing), the three targets interleaved within a
-# repetition so that drift in the machine's load hits all three alike. The report uses the
+# moderate load whose latency is not all queueing), the targets interleaved within a
+# repetition so that drift in the machine's load hits all of them alike. The report uses the
 # median over repetitions; "added" latency is the median of the per-repetition differences
 # gateway - direct at the same load.
 #
@@ -41,8 +42,9 @@
 #
 # BUILD_REV=REV exports that commit (git archive, so uncommitted work in the tree is left out)
 # into bench/gateway/out/src and builds its `aperture` there (cmake -G Ninja, the project's
-# default RelWithDebInfo); the report then names exactly what was measured. aperture runs with
-# bench/gateway/out as its working directory, so nothing it may write lands in the repository.
+# default RelWithDebInfo); the report then names exactly what was measured. Each aperture runs
+# in its own directory under bench/gateway/out (run-<target>/), so nothing it may write (its
+# cache file) lands in the repository.
 #
 # Knobs (environment): DURATION=10 WARMUP=2 REPS=3 TEXT_CONNS="1 16@4 16" IMAGE_CONNS="1 4"
 #   HOLD_N=5000 HOLD_SECONDS=20 HOLD_DELAY_MS=2000
@@ -55,8 +57,8 @@
 #               until other work on the machine uses less than that % of one core; the CPU
 #               used outside the benchmark's processes is recorded for every run either way)
 # Writes raw data to bench/gateway/out/raw/, the report to bench/gateway/out/results.md (also
-# printed). Needs: wrk, node + npm, curl, ss (iproute2), /usr/bin/time. Portkey (pinned by package.json +
-# package-lock.json) is installed into bench/gateway/node_modules on first use.
+# printed). Needs: wrk, node + npm, curl, ss (iproute2), /usr/bin/time. Portkey (pinned by
+# package.json + package-lock.json) is installed into bench/gateway/node_modules on first use.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
