@@ -163,9 +163,7 @@ void ap__api_analyze(struct ap__req *r)
                 prompt = builtin_tasks[i].prompt;
             want_json = want_json || builtin_tasks[i].json;
         }
-    if (prompt == NULL && tc && tc->prompt)
-        prompt = tc->prompt;
-    if (tc && tc->prompt && in.prompt == NULL)
+    if (tc && tc->prompt && in.prompt == NULL) /* the config's prompt beats the built-in one */
         prompt = tc->prompt;
     if (prompt == NULL)
         prompt = builtin_tasks[0].prompt;

@@ -235,6 +235,19 @@ void ap__req_log(struct ap__req *r)
 {
     struct ap_gateway *gw = r->gw;
     double total = ap__now_ms() - r->t_start;
+    const char *lab[] = {"endpoint", r->endpoint, "model", r->model[0] ? r->model : "-",
+                         "status", NULL, NULL};
+    char st[8];
+    snprintf(st, sizeof(st), "%u", r->status);
+    lab[5] = st;
+    ap__metrics_add(gw->metrics, "aperture_requests_total", lab, 1);
+    const char *ml[] = {"model", r->model[0] ? r->model : "-", NULL};
+    ap__metrics_observe(gw->metrics, "aperture_request_duration_seconds", ml, total / 1e3);
+
+    /* Logging to /dev/null: do not build a line nobody reads (7-12 % of a text request's CPU
+     * in the gateway benchmark). */
+    if (gw->log_off)
+        return;
     const struct ap__img_facts *f = r->n_img ? &r->img[0] : NULL;
     long tok = 0, saved = 0;
     for (size_t i = 0; i < r->n_img; i++) {
@@ -280,14 +293,6 @@ void ap__req_log(struct ap__req *r)
         pthread_mutex_unlock(&gw->log_mu);
         free(s);
     }
-    const char *lab[] = {"endpoint", r->endpoint, "model", r->model[0] ? r->model : "-",
-                         "status", NULL, NULL};
-    char st[8];
-    snprintf(st, sizeof(st), "%u", r->status);
-    lab[5] = st;
-    ap__metrics_add(gw->metrics, "aperture_requests_total", lab, 1);
-    const char *ml[] = {"model", r->model[0] ? r->model : "-", NULL};
-    ap__metrics_observe(gw->metrics, "aperture_request_duration_seconds", ml, total / 1e3);
 }
 
 /* ---- auth and rate limits ----------------------------------------------------------------- */
@@ -831,6 +836,7 @@ ap_status ap_gateway_start(const ap_config *cfg, ap_gateway **out, ap_error *err
             return ap_error_set(err, AP_EIO, "cannot open log file \"%s\"", cfg->log_file);
         }
         gw->own_log = true;
+        gw->log_off = strcmp(cfg->log_file, "/dev/null") == 0;
     }
     gw->metrics = ap__metrics_new();
     pthread_mutex_init(&gw->flight_mu, NULL);

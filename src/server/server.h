@@ -42,6 +42,7 @@ struct ap_gateway {
     struct ap__metrics *metrics;
     FILE *log;
     bool own_log;
+    bool log_off; /* log_file is /dev/null: skip building log lines */
     pthread_mutex_t log_mu;
     atomic_long inflight;
     atomic_ulong next_id;
