@@ -11,6 +11,9 @@
 #include "aperture/config.h"
 #include "aperture/cache.h"
 #include "aperture/resilience.h"
+#include "aperture/limiter.h"
+#include "aperture/review.h"
+#include "aperture/router.h"
 #include "aperture/gateway.h"
 
 #endif

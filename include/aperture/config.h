@@ -57,7 +57,28 @@ typedef struct ap_provider_conf {
      * (so routing can say which variable would enable it) but nothing is routed to it.
      */
     bool enabled;
+    /*
+     * Runs on infrastructure the operator controls: the only providers a request marked
+     * `x-aperture-data-class: restricted` may reach. YAML self_hosted; default true for
+     * openai-compatible and local, false for openai, anthropic and gemini (and not settable
+     * to true for those three: their base_url may be changed, their traffic may not be trusted
+     * to stay in-house by a flag).
+     */
+    bool self_hosted;
+    /* Limits (limiter.h): 0 = none. YAML limits.{max_in_flight, rpm, tpm, queue, queue_timeout_ms}. */
+    int max_in_flight;      /* upstream calls in flight at once */
+    double rpm;             /* requests started per minute */
+    double tpm;             /* estimated input tokens per minute */
+    int queue_max;          /* requests that may wait for a slot; default 100; 0 = no queue */
+    long queue_timeout_ms;  /* the longest wait in the queue; default 30,000 */
 } ap_provider_conf;
+
+/* One deployment of a model, for load balancing (YAML models[].deployments[]). */
+typedef struct ap_deployment_conf {
+    char *provider; /* ap_provider_conf.name */
+    char *upstream; /* the provider's model name; default: the model's upstream */
+    double weight;  /* > 0; default 1 */
+} ap_deployment_conf;
 
 typedef struct ap_model_conf {
     char *name;          /* the name clients send */
@@ -72,6 +93,14 @@ typedef struct ap_model_conf {
     /* Where a request for this model goes when it fails: model names, "review" last if at all. */
     char **fallbacks;
     size_t n_fallbacks;
+    /*
+     * Several deployments of this one model (load balancing by weight, skipping open
+     * breakers). When the YAML lists deployments, provider/upstream above are the first
+     * one's (the YAML `provider` key is then optional); otherwise there is exactly one,
+     * made from provider/upstream with weight 1. Always n_deployments >= 1.
+     */
+    ap_deployment_conf *deployments;
+    size_t n_deployments;
 } ap_model_conf;
 
 typedef struct ap_task_conf {
@@ -82,7 +111,58 @@ typedef struct ap_task_conf {
     /* The task's chain after its model; when set, it replaces the model's fallbacks. */
     char **fallbacks;
     size_t n_fallbacks;
+    /*
+     * The task's checks on an answer (a step whose answer fails them falls through, reason
+     * failed_checks; tiering escalates on them). json: the answer must hold a JSON object
+     * (YAML json; default true when required is set); required: fields of that object that
+     * must be present and not null (YAML required: [vendor, total]). Without either, only
+     * the built-in check applies: a JSON answer whose every field is null fails.
+     */
+    bool json;
+    char **required;
+    size_t n_required;
 } ap_task_conf;
+
+/* Two-stage processing (YAML routes[].two_stage): classify on a thumbnail with a cheap model,
+ * then run the full request only for the classes that are worth it. */
+typedef struct ap_two_stage_conf {
+    char *model;        /* the classifier (a configured or prefix-routed model) */
+    char *target;       /* its ap_prep target; default "thumbnail" */
+    char *prompt;       /* default: "Classify this image as exactly one of: <classes>. Answer
+                         * with the class name only." */
+    char **classes;     /* the labels it chooses from (>= 2) */
+    size_t n_classes;
+    char **valuable;    /* classes that get the full run (a subset of classes, >= 1) */
+    size_t n_valuable;
+} ap_two_stage_conf;
+
+/*
+ * A routing rule (YAML routes[]): evaluated in order, the first whose every set condition
+ * holds decides. Conditions left out (NULL, 0 count, < 0 limits) are not checked.
+ */
+typedef struct ap_route_rule {
+    char *name;          /* unique; aperture_route_total{rule}, x-aperture-rule, the log */
+    /* Conditions. */
+    char *task;          /* the request's task equals this */
+    char *model;         /* the model the client asked for equals this ("*" suffix: prefix) */
+    char **keywords;     /* any of these occurs in the prompt text (ASCII case-insensitive) */
+    size_t n_keywords;
+    long long min_pixels, max_pixels; /* the largest image's w*h (from its header); -1 = any */
+    long long min_bytes, max_bytes;   /* all images' bytes together, as uploaded; -1 = any */
+    int min_images, max_images;       /* number of images; -1 = any */
+    char **clients;      /* the client key's name (clients[].name) is one of these */
+    size_t n_clients;
+    char *data_class;    /* the x-aperture-data-class header equals this */
+    /*
+     * Actions. models: the chain to walk, in order (tiering: cheap first, then the frontier
+     * model it escalates to when an answer fails the task's checks; "review" may end it);
+     * replaces the request's model and fallbacks. Empty: keep the request's own chain.
+     * two_stage: classify first (may be combined with models, which then run the full stage).
+     */
+    char **models;
+    size_t n_models;
+    ap_two_stage_conf *two_stage; /* NULL: none */
+} ap_route_rule;
 
 typedef struct ap_config {
     char *listen;              /* "127.0.0.1:8080" */
@@ -91,6 +171,9 @@ typedef struct ap_config {
     /* Clients. No keys: no auth, and the server refuses to listen beyond loopback. */
     char **client_key_sha256;  /* lowercase hex SHA-256 of each accepted key */
     size_t n_client_keys;
+    /* The name of each key above (YAML clients[].name with clients[].key_sha256, beside the
+     * plain client_keys_sha256 list whose keys are named "key1", "key2", ...). Never NULL. */
+    char **client_key_name;
     double rate_rps;           /* per-key token bucket refill, requests/s; 0 = unlimited */
     double rate_burst;
     /* Upstreams. */
@@ -113,6 +196,15 @@ typedef struct ap_config {
     /* Resilience (resilience.h has the defaults). breaker.on_change is NULL here. */
     ap_retry_policy retry;
     ap_breaker_opts breaker;
+    /* Routing rules, in order (YAML routes). */
+    ap_route_rule *routes;
+    size_t n_routes;
+    /*
+     * Where review items are kept (YAML review_url / APERTURE_REVIEW_URL): "sqlite:///path"
+     * or "redis://host:port/db". NULL: APERTURE_CACHE_URL when that is redis, else
+     * sqlite://aperture-review.db.
+     */
+    char *review_url;
     /* Logs. */
     char *log_file;            /* NULL = stderr */
     bool log_prompts;          /* default false */
@@ -171,14 +263,28 @@ AP_API const ap_task_conf *ap_config_task(const ap_config *cfg, const char *name
 /* ap_chain_step.deployment's size; longer keys (client-chosen model names) are cut. */
 #define AP_DEPLOYMENT_MAX 320
 
+/* Most deployments one model may list. */
+#define AP_MAX_DEPLOYMENTS 8
+
+/* One deployment a chain step may use. */
+typedef struct ap_chain_deployment {
+    const ap_provider_conf *provider;
+    const char *upstream;
+    double weight;
+    char key[AP_DEPLOYMENT_MAX]; /* "provider/upstream": its circuit breaker's key */
+} ap_chain_deployment;
+
 typedef struct ap_chain_step {
     const char *model;                /* the model name, or "review" (borrowed, see below) */
     bool review;                      /* the review step: no model, no provider */
     const ap_model_conf *model_conf;  /* NULL when routed by prefix, and for review */
-    const ap_provider_conf *provider; /* NULL for review */
-    const char *upstream;             /* the provider's model name; NULL for review */
-    /* "provider/upstream": the circuit breaker's key for this step; "" for review. */
+    const ap_provider_conf *provider; /* NULL for review; = dep[0].provider */
+    const char *upstream;             /* the provider's model name; NULL for review; dep[0] */
+    /* "provider/upstream": the circuit breaker's key for this step; "" for review; dep[0]. */
     char deployment[AP_DEPLOYMENT_MAX];
+    /* Every enabled deployment of the model (load balancing); 0 for review, else >= 1. */
+    ap_chain_deployment dep[AP_MAX_DEPLOYMENTS];
+    size_t n_dep;
 } ap_chain_step;
 
 typedef struct ap_chain {
@@ -201,6 +307,16 @@ typedef struct ap_chain {
  */
 AP_API AP_NODISCARD ap_status ap_config_chain(const ap_config *cfg, const char *task,
                                               const char *model, ap_chain *out, ap_error *err);
+
+/*
+ * A chain from an explicit list of model names (a route rule's models), resolved like
+ * ap_config_chain()'s fallbacks: repeats and disabled providers left out, "review" allowed
+ * (last). The first model's own fallbacks are not added: the list is the whole chain.
+ * AP_ENOTFOUND when a name does not route or nothing is left.
+ */
+AP_API AP_NODISCARD ap_status ap_config_chain_list(const ap_config *cfg,
+                                                   const char *const *models, size_t n,
+                                                   ap_chain *out, ap_error *err);
 
 /* "openai", "anthropic", "gemini", "openai-compatible", "local"; "unknown" otherwise. */
 AP_API const char *ap_provider_type_name(ap_provider_type t);

@@ -152,6 +152,23 @@ AP_API AP_NODISCARD ap_status ap_prep(const uint8_t *buf, size_t len, const ap_p
 /* Free res->out and zero res. res may be NULL; releasing twice is harmless. */
 AP_API void ap_prep_result_release(ap_prep_result *res);
 
+/* What an image's header says, read without decoding any pixel (ap_prep_probe()). */
+typedef struct ap_probe_info {
+    ap_format format;
+    uint32_t width, height; /* as displayed: EXIF orientation 5..8 swaps the stored size */
+    int orientation;        /* EXIF 1..8 (1 when absent) */
+} ap_probe_info;
+
+/*
+ * Read the format and size from buf's header alone, through the same decoders as ap_prep()
+ * but stopping before any pixel is decoded or allocated: microseconds for JPEG/PNG/WebP/GIF,
+ * a container parse for HEIF. No limit is applied (a bomb reports its declared size; ap_prep()
+ * refuses it later). AP_EUNSUPPORTED when the bytes are not an accepted format (the message
+ * names what was sniffed), AP_EDECODE when the header is broken.
+ */
+AP_API AP_NODISCARD ap_status ap_prep_probe(const uint8_t *buf, size_t len, ap_probe_info *out,
+                                            ap_error *err);
+
 /* Identify the format from the first bytes. Never reads past len. */
 AP_API ap_format ap_sniff(const uint8_t *buf, size_t len);
 

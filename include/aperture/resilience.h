@@ -254,6 +254,53 @@ AP_API void ap_breaker_foreach(ap_breaker_set *set,
 /* "closed", "open", "half_open"; "unknown" otherwise. */
 AP_API const char *ap_breaker_state_name(ap_breaker_state s);
 
+/*
+ * Apply a state decided elsewhere (another gateway, through ap_breaker_sync): OPEN until
+ * probe_at_ms (this process's monotonic clock; the cooldown as the other side counted it), or
+ * CLOSED (counters reset). HALF_OPEN is not forced (each instance probes for itself once the
+ * cooldown ends). on_change is NOT called for a forced change, so a sync never echoes what it
+ * received. A deployment never seen is created. Forcing OPEN on an OPEN breaker moves
+ * probe_at_ms to the later of the two.
+ */
+AP_API void ap_breaker_force(ap_breaker_set *set, const char *deployment, ap_breaker_state state,
+                             int64_t now_ms, int64_t probe_at_ms);
+
+/* ---- sharing breaker state between gateways (Redis) ---------------------------------------- */
+
+typedef struct ap_breaker_sync ap_breaker_sync;
+
+/*
+ * Share set's transitions with every other gateway using the Redis at url
+ * ("redis://host:port[/db]"): a transition here is published (ap_breaker_sync_publish(), to
+ * be called from the set's on_change) and one there is applied here with ap_breaker_force().
+ * The current open breakers are also kept in a Redis hash (field = deployment, value = the
+ * wall-clock ms the cooldown ends), read at start, so a gateway started during an outage
+ * skips the broken deployment from its first request. Wall-clock times go over the wire and
+ * are turned into local monotonic ones on arrival (clock skew between hosts shifts a cooldown
+ * by the skew, no more). prefix namespaces the keys and channel (NULL: "ap:brk"). instance
+ * names this gateway so it ignores its own messages (NULL: random).
+ *
+ * Runs one thread (SUBSCRIBE plus reconnects). Redis down: start still succeeds, the sync
+ * reconnects in the background (at most every 500 ms) and re-reads the hash; meanwhile each
+ * gateway's breakers work alone. publish never blocks the caller on I/O: transitions are
+ * queued (bounded; the oldest dropped) and sent by the thread.
+ * *out is (transfer full): ap_breaker_sync_stop().
+ */
+AP_API AP_NODISCARD ap_status ap_breaker_sync_start(ap_breaker_set *set, const char *url,
+                                                    const char *prefix, const char *instance,
+                                                    ap_breaker_sync **out, ap_error *err);
+
+/* Queue a local transition for the others. cooldown_ends_unix_ms: for OPEN, when this gateway
+ * will let probes through, as wall-clock ms; ignored otherwise. Safe from any thread. */
+AP_API void ap_breaker_sync_publish(ap_breaker_sync *sync, const char *deployment,
+                                    ap_breaker_state to, int64_t cooldown_ends_unix_ms);
+
+/* Whether the sync is connected to Redis now (for /metrics and the admin endpoint). */
+AP_API bool ap_breaker_sync_connected(ap_breaker_sync *sync);
+
+/* Stop the thread and free. NULL is a no-op. */
+AP_API void ap_breaker_sync_stop(ap_breaker_sync *sync);
+
 #ifdef __cplusplus
 }
 #endif

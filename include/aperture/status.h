@@ -43,6 +43,7 @@ typedef enum ap_status {
     AP_ERATELIMIT = 14,  /* over a rate limit */
     AP_EFORBIDDEN = 15,  /* refused by policy (SSRF: private address, host not allowed) */
     AP_ENETWORK = 16,    /* could not connect / connection dropped */
+    AP_EBUSY = 17,       /* not now: queued, the answer comes later (limiter.h) */
 } ap_status;
 
 #define AP_ERROR_MSG_MAX 256

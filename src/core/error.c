@@ -26,6 +26,7 @@ const char *ap_strerror(ap_status code)
     case AP_ERATELIMIT: return "AP_ERATELIMIT";
     case AP_EFORBIDDEN: return "AP_EFORBIDDEN";
     case AP_ENETWORK: return "AP_ENETWORK";
+    case AP_EBUSY: return "AP_EBUSY";
     }
     return "AP_EUNKNOWN";
 }
