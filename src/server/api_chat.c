@@ -659,6 +659,10 @@ static void on_done(void *ctx, ap_status rc, long status, const char *body, size
         json_t *resp = NULL;
         ap_status prc = c->ops->parse(c->prov, status, body ? body : "", len, &resp, &c->usage, &err);
         const char *bad = prc == AP_OK ? answer_check(c, resp) : NULL;
+        if (bad) {
+            free(c->candidate); /* the best answer so far, for a review item */
+            c->candidate = json_dumps(resp, JSON_COMPACT);
+        }
         if (prc != AP_OK || bad) {
             if (try_again(c, prc == AP_OK ? AP_EUPSTREAM : prc, status, bad)) {
                 json_decref(resp);
