@@ -525,6 +525,8 @@ void ap_limiter_free(ap_limiter *lim)
     pthread_mutex_lock(&lim->mu);
     lim->stopping = true;
     if (lim->threaded) {
+        /* From a callback this would join its own thread: a misuse the header rules out. */
+        AP_ASSERT(!pthread_equal(pthread_self(), lim->thread));
         /* The thread answers every waiter with AP_ERATELIMIT on its way out. */
         pthread_cond_signal(&lim->cv);
         pthread_mutex_unlock(&lim->mu);
