@@ -82,6 +82,7 @@ struct ap_limiter {
     pthread_t thread;
     bool threaded; /* false: a manual limiter (limiter_int.h) */
     bool stopping;
+    bool closed; /* shut(): the thread is gone, nothing is granted any more */
     struct lkey **slot;
     size_t cap, n;
     struct lkey *active; /* keys with waiters */
@@ -518,11 +519,16 @@ ap_status ap__limiter_new_manual(ap_limiter **out, ap_error *err)
     return make(out, false, err);
 }
 
-void ap_limiter_free(ap_limiter *lim)
+/* Stop granting: answer every waiter with AP_ERATELIMIT (on the thread's way out, or here for a
+ * manual limiter) and refuse every later acquire. Idempotent. */
+static void shut(ap_limiter *lim)
 {
-    if (lim == NULL)
-        return;
     pthread_mutex_lock(&lim->mu);
+    if (lim->closed) {
+        pthread_mutex_unlock(&lim->mu);
+        return;
+    }
+    lim->closed = true;
     lim->stopping = true;
     if (lim->threaded) {
         /* From a callback this would join its own thread: a misuse the header rules out. */
@@ -537,6 +543,19 @@ void ap_limiter_free(ap_limiter *lim)
         pthread_mutex_unlock(&lim->mu);
         call_all(out.head);
     }
+}
+
+void ap_limiter_close(ap_limiter *lim)
+{
+    if (lim != NULL)
+        shut(lim);
+}
+
+void ap_limiter_free(ap_limiter *lim)
+{
+    if (lim == NULL)
+        return;
+    shut(lim);
     for (size_t i = 0; i < lim->cap; i++) {
         struct lkey *k = lim->slot[i];
         if (k == NULL)
@@ -588,7 +607,7 @@ ap_status ap__limiter_acquire_at(ap_limiter *lim, const char *key, const ap_limi
     long hint = 1;
     pthread_mutex_lock(&lim->mu);
     if (lim->stopping) {
-        /* Only a callback run by ap_limiter_free() can get here. */
+        /* A callback run by shut(), or anyone after ap_limiter_close(). */
         rc = AP_ERATELIMIT;
         goto out;
     }

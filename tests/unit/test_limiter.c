@@ -340,6 +340,33 @@ static void test_limiter__free_calls_waiters(void **state)
     log_release(&log);
 }
 
+/* close(): the waiters are answered, nothing is granted after, releases still work. */
+static void test_limiter__close_refuses_then_free(void **state)
+{
+    (void)state;
+    struct log log;
+    log_init(&log);
+    struct tag t[2] = {{&log, 1}, {&log, 2}};
+    int id = 0;
+    ap_limit_opts o = opts(1, 0, 0, 5, 60000);
+    ap_limiter *lim = threaded();
+    assert_int_equal(ap_limiter_acquire(lim, "p", &o, 0, no_cb, &id, NULL), AP_OK);
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(ap_limiter_acquire(lim, "p", &o, 0, log_cb, &t[i], NULL), AP_EBUSY);
+    ap_limiter_close(lim); /* returns after the callbacks ran */
+    assert_int_equal(log_count(&log), 2);
+    assert_int_equal(log.rc[0], AP_ERATELIMIT);
+    assert_int_equal(log.rc[1], AP_ERATELIMIT);
+    long ra = 0;
+    assert_int_equal(ap_limiter_acquire(lim, "p", &o, 0, log_cb, &t[0], &ra), AP_ERATELIMIT);
+    ap_limiter_release(lim, "p", 0, -1); /* the slot granted before close */
+    assert_int_equal(ap_limiter_in_flight(lim, "p"), 0);
+    ap_limiter_close(lim); /* idempotent */
+    ap_limiter_free(lim);
+    assert_int_equal(log_count(&log), 2); /* no callback for the refused acquire */
+    log_release(&log);
+}
+
 /* ---- the queue, time passed in --------------------------------------------------------------- */
 
 static void test_limiter__queue_timeout_exact(void **state)
@@ -939,6 +966,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_limiter__unlimited_always_grants),
         cmocka_unit_test(test_limiter__bad_arguments),
+        cmocka_unit_test(test_limiter__close_refuses_then_free),
         cmocka_unit_test(test_limiter__third_queues_release_grants),
         cmocka_unit_test(test_limiter__callback_may_call_back_in),
         cmocka_unit_test(test_limiter__queue_timeout_real),
