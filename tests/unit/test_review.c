@@ -1044,6 +1044,33 @@ static void test_review__open_errors(void **state)
     ap_review_close(NULL); /* a no-op */
 }
 
+/* Fields over 64 MiB are refused before any I/O: on a Redis store with no server the answer
+ * is AP_ETOOLARGE, not AP_ENETWORK. */
+static void test_review__too_large(void **state)
+{
+    size_t big = ((size_t)64 << 20) + 1;
+    char *huge = malloc(big + 1), url[64], id[AP_REVIEW_ID_MAX];
+    (void)state;
+
+    assert_non_null(huge);
+    memset(huge, 'x', big);
+    huge[big] = '\0';
+    snprintf(url, sizeof(url), "redis://127.0.0.1:%d", free_port());
+    ap_review_store *s = open_store(url);
+    ap_review_item it = item_of(NULL, "m", NULL, "r", huge, NULL);
+    assert_int_equal(ap_review_add(s, &it, id, NULL), AP_ETOOLARGE);
+    it = item_of(NULL, "m", NULL, "r", "{}", huge);
+    assert_int_equal(ap_review_add(s, &it, id, NULL), AP_ETOOLARGE);
+    assert_int_equal(
+        ap_review_resolve(s, "rv_000000000000000000000000", AP_REVIEW_RESOLVED, huge, NULL, NULL),
+        AP_ETOOLARGE);
+    huge[big - 1] = '\0'; /* exactly 64 MiB passes the check, and reaches the (dead) server */
+    it = item_of(NULL, "m", NULL, "r", huge, NULL);
+    assert_int_equal(ap_review_add(s, &it, id, NULL), AP_ENETWORK);
+    ap_review_close(s);
+    free(huge);
+}
+
 static void test_review__status_names(void **state)
 {
     ap_review_status st = AP_REVIEW_REJECTED;
@@ -1080,6 +1107,7 @@ int main(void)
     const struct CMUnitTest pure[] = {
         cmocka_unit_test(test_review__open_errors),
         cmocka_unit_test(test_review__status_names),
+        cmocka_unit_test(test_review__too_large),
     };
     const struct CMUnitTest on_sqlite[] = {
         SUITE(be_sqlite),
