@@ -31,7 +31,8 @@
  *
  * Blocking: connections use IO_TIMEOUT_MS for connect and each command, so stop() returns
  * within about that long even against a Redis that stopped answering; against one that is up
- * or refusing connections it returns at once.
+ * or refusing connections it returns at once. start() makes the first connection itself (so
+ * the hash is applied before it returns), which costs the caller the same bound once.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -96,8 +97,7 @@ struct ap_breaker_sync {
     int64_t last_dial_ms;
 };
 
-/* ---- small helpers ----------------------------------------------------------------------------
- */
+/* ---- small helpers --------------------------------------------------------------------------- */
 
 static int64_t clock_ms(clockid_t id)
 {
@@ -167,8 +167,7 @@ static bool is_stopping(struct ap_breaker_sync *s)
     return v;
 }
 
-/* ---- applying what arrives --------------------------------------------------------------------
- */
+/* ---- applying what arrives ------------------------------------------------------------------- */
 
 /* A remote transition, as forced on the local set. dep is NUL-terminated and validated. */
 static void apply(struct ap_breaker_sync *s, ap_breaker_state to, int64_t until, const char *dep)
@@ -283,8 +282,7 @@ out:
     return ok;
 }
 
-/* ---- sending ----------------------------------------------------------------------------------
- */
+/* ---- sending --------------------------------------------------------------------------------- */
 
 /* HSET (OPEN) or HDEL (CLOSED), then PUBLISH, pipelined. false when the connection failed. */
 static bool send_msg(struct ap_breaker_sync *s, const struct msg *m)
@@ -346,8 +344,7 @@ static bool flush(struct ap_breaker_sync *s)
     }
 }
 
-/* ---- connections ------------------------------------------------------------------------------
- */
+/* ---- connections ----------------------------------------------------------------------------- */
 
 /* Connect, authenticate, select; NULL on any failure. */
 static redisContext *dial(const struct ap_breaker_sync *s)
@@ -442,8 +439,7 @@ fail:
     return false;
 }
 
-/* ---- the thread -------------------------------------------------------------------------------
- */
+/* ---- the thread ------------------------------------------------------------------------------ */
 
 static void *run(void *arg)
 {
@@ -480,8 +476,7 @@ static void *run(void *arg)
     return NULL;
 }
 
-/* ---- the verbs --------------------------------------------------------------------------------
- */
+/* ---- the verbs ------------------------------------------------------------------------------- */
 
 /* A decimal in [lo, hi] from p..end. */
 static bool parse_num(const char *p, const char *end, long lo, long hi, int *out)
@@ -692,7 +687,7 @@ void ap_breaker_sync_stop(ap_breaker_sync *s)
     wake(s);
     if (s->thr_on)
         pthread_join(s->thr, NULL);
-    hang_up(s); /* the thread hung up already; this is for symmetry with start's failure path */
+    hang_up(s); /* a no-op: the thread hung up on its way out */
     pthread_mutex_destroy(&s->mu);
     close(s->wake[0]);
     close(s->wake[1]);

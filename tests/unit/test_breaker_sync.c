@@ -48,8 +48,7 @@
 #define COOLDOWN 60000
 #define DEP      "openai/gpt-4o"
 
-/* ---- helpers ----------------------------------------------------------------------------------
- */
+/* ---- helpers --------------------------------------------------------------------------------- */
 
 static int64_t clock_ms(clockid_t id)
 {
@@ -144,8 +143,7 @@ static int n_tracked(ap_breaker_set *s)
     return n;
 }
 
-/* ---- force ------------------------------------------------------------------------------------
- */
+/* ---- force ----------------------------------------------------------------------------------- */
 
 static void test_breaker_sync__force_open_refuses_until_probe_at(void **state)
 {
@@ -282,8 +280,7 @@ static void test_breaker_sync__force_ignores_half_open_and_bad_names(void **stat
     ap_breaker_set_free(s);
 }
 
-/* ---- redis-server processes -------------------------------------------------------------------
- */
+/* ---- redis-server processes ------------------------------------------------------------------ */
 
 struct server {
     pid_t pid;
@@ -404,8 +401,7 @@ static void need_redis(void)
         skip();
 }
 
-/* ---- gateways: a set whose on_change publishes through its sync -------------------------------
- */
+/* ---- gateways: a set whose on_change publishes through its sync ------------------------------ */
 
 struct node {
     ap_breaker_set *set;
@@ -509,8 +505,7 @@ static long long hlen(redisContext *c, const char *hash)
     return raw_int(c, 2, (const char *[]){"HLEN", hash}, NULL);
 }
 
-/* ---- sync -------------------------------------------------------------------------------------
- */
+/* ---- sync ------------------------------------------------------------------------------------ */
 
 static void test_breaker_sync__open_and_close_propagate(void **state)
 {
