@@ -290,7 +290,8 @@ struct server {
 static struct {
     bool absent;
     char bin[256];
-    struct server main; /* shared by the cases that do not stop it */
+    struct server main;  /* shared by the cases that do not stop it */
+    struct server extra; /* a case's own, to stop and start; killed by its teardown */
 } redis;
 
 static int free_port(void)
@@ -392,6 +393,14 @@ static int redis_group_teardown(void **state)
 {
     (void)state;
     server_kill(&redis.main);
+    return 0;
+}
+
+/* Teardown of the cases with their own server: a failed assertion leaves it running. */
+static int kill_extra(void **state)
+{
+    (void)state;
+    server_kill(&redis.extra);
     return 0;
 }
 
@@ -589,11 +598,12 @@ static void test_breaker_sync__redis_down_then_up_then_restarted(void **state)
 {
     (void)state;
     need_redis();
-    struct server sv = {.port = free_port()};
-    assert_true(sv.port > 0);
+    struct server *sv = &redis.extra;
+    sv->port = free_port();
+    assert_true(sv->port > 0);
     const char *prefix = prefix_for("down");
-    struct node *a = node_new(sv.port, prefix, "a");
-    struct node *b = node_new(sv.port, prefix, "b");
+    struct node *a = node_new(sv->port, prefix, "a");
+    struct node *b = node_new(sv->port, prefix, "b");
     assert_false(ap_breaker_sync_connected(a->sync));
     assert_false(ap_breaker_sync_connected(b->sync));
 
@@ -601,12 +611,12 @@ static void test_breaker_sync__redis_down_then_up_then_restarted(void **state)
     trip(a, DEP);
     assert_int_equal(ap_breaker_state_get(b->set, DEP), AP_BREAKER_CLOSED);
 
-    assert_true(server_start(&sv));
+    assert_true(server_start(sv));
     EVENTUALLY(ap_breaker_sync_connected(a->sync) && ap_breaker_sync_connected(b->sync));
     EVENTUALLY(is_state(b, DEP, AP_BREAKER_OPEN));
 
     /* Killed: both notice; A opens another while it is down. */
-    server_kill(&sv);
+    server_kill(sv);
     EVENTUALLY(!ap_breaker_sync_connected(a->sync) && !ap_breaker_sync_connected(b->sync));
     trip(a, "second");
     sleep_ms(100);
@@ -614,26 +624,27 @@ static void test_breaker_sync__redis_down_then_up_then_restarted(void **state)
 
     /* Back (empty: no persistence): reconnected; the queued opening reaches B (as a message
      * or through the hash, whichever of the two reconnects first), and live ones flow again. */
-    assert_true(server_start(&sv));
+    assert_true(server_start(sv));
     EVENTUALLY(ap_breaker_sync_connected(a->sync) && ap_breaker_sync_connected(b->sync));
     EVENTUALLY(is_state(b, "second", AP_BREAKER_OPEN));
     heal(a, DEP);
     EVENTUALLY(is_state(b, DEP, AP_BREAKER_CLOSED));
     node_free(a);
     node_free(b);
-    server_kill(&sv);
+    server_kill(sv);
 }
 
 static void test_breaker_sync__queue_keeps_newest(void **state)
 {
     (void)state;
     need_redis();
-    struct server sv = {.port = free_port()};
-    assert_true(sv.port > 0);
+    struct server *sv = &redis.extra;
+    sv->port = free_port();
+    assert_true(sv->port > 0);
     const char *prefix = prefix_for("queue");
     char hash[160], dep[32];
     snprintf(hash, sizeof(hash), "%s:open", prefix);
-    struct node *a = node_new(sv.port, prefix, "a");
+    struct node *a = node_new(sv->port, prefix, "a");
     assert_false(ap_breaker_sync_connected(a->sync));
 
     int64_t until = unix_ms() + COOLDOWN;
@@ -648,8 +659,8 @@ static void test_breaker_sync__queue_keeps_newest(void **state)
     ap_breaker_sync_publish(a->sync, "", AP_BREAKER_OPEN, until);
     ap_breaker_sync_publish(a->sync, NULL, AP_BREAKER_OPEN, until);
 
-    assert_true(server_start(&sv));
-    redisContext *raw = raw_connect(sv.port);
+    assert_true(server_start(sv));
+    redisContext *raw = raw_connect(sv->port);
     /* 256 kept ("over" took one slot of the ring and is skipped when sent). */
     EVENTUALLY(hlen(raw, hash) == 255);
     assert_int_equal(hexists(raw, hash, "d599"), 1);
@@ -660,7 +671,7 @@ static void test_breaker_sync__queue_keeps_newest(void **state)
     assert_int_equal(hexists(raw, hash, "half"), 0);
     redisFree(raw);
     node_free(a);
-    server_kill(&sv);
+    server_kill(sv);
 }
 
 static void publish_raw(redisContext *c, const char *channel, const char *p, size_t len)
@@ -841,8 +852,8 @@ int main(void)
     const struct CMUnitTest sync[] = {
         cmocka_unit_test(test_breaker_sync__open_and_close_propagate),
         cmocka_unit_test(test_breaker_sync__late_starter_reads_hash),
-        cmocka_unit_test(test_breaker_sync__redis_down_then_up_then_restarted),
-        cmocka_unit_test(test_breaker_sync__queue_keeps_newest),
+        cmocka_unit_test_teardown(test_breaker_sync__redis_down_then_up_then_restarted, kill_extra),
+        cmocka_unit_test_teardown(test_breaker_sync__queue_keeps_newest, kill_extra),
         cmocka_unit_test(test_breaker_sync__malformed_messages_ignored),
         cmocka_unit_test(test_breaker_sync__stop_is_prompt),
     };
