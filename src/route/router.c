@@ -105,7 +105,7 @@ static bool model_matches(const char *want, const char *model)
 
 static bool client_listed(const ap_route_rule *r, const char *client)
 {
-    if (client == NULL)
+    if (client == NULL || AP_NEVER(r->clients == NULL))
         return false;
     for (size_t i = 0; i < r->n_clients; i++)
         if (r->clients[i] != NULL && strcmp(r->clients[i], client) == 0)
@@ -117,7 +117,7 @@ static bool client_listed(const ap_route_rule *r, const char *client)
  * every request with a prompt, which is never what a keyword list means. */
 static bool keyword_found(const ap_route_rule *r, const ap_route_facts *f)
 {
-    if (f->prompt == NULL)
+    if (f->prompt == NULL || AP_NEVER(r->keywords == NULL))
         return false;
     const unsigned char *p = (const unsigned char *)f->prompt;
     for (size_t i = 0; i < r->n_keywords; i++) {
