@@ -21,7 +21,7 @@
  *   for the first healthy step:   ap_router_pick() by weight among the deployments not yet
  *                                 refused, ap_breaker_allow() on it (refused: mark it, pick
  *                                 again; none left: next step), the monotonic clock read as
- *                                 the server does
+ *                                 the server does (src/server/api_chat.c: route(), pick_in())
  *   ap_breaker_record()           the call's outcome (1 in 64 a failure)
  * Request kinds, cycled in this order (REQS below): no rule matches (every rule checked, every
  * keyword searched over the whole prompt: the worst case), a mobile client whose prompt ends in
@@ -37,6 +37,9 @@
  * p50/p99/max. With T threads (default 2) every thread runs the same loop at once, sharing the
  * config and ONE breaker set (its mutex is the contended part); the per-decision figures are
  * per thread (its own time / its own decisions).
+ *
+ * Not measured: what the server does around these calls (joining the prompt's text parts, the
+ * images' header probe, the aperture_route_total / aperture_breaker_state metric updates).
  *
  * Build and run (not part of `all`):
  *   cmake --build build --target route_bench && build/route_bench
@@ -289,16 +292,19 @@ static bool decide(const struct ctx *x, const struct request *rq, ap_chain *chai
             *out = (struct choice){rule, s, -1, true};
             return true;
         }
+        /* As the server's pick_in(): one clock read, a single deployment taken without a draw,
+         * a refused one left out and the draw repeated. */
+        int64_t now = mono_ms();
         bool allowed[AP_MAX_DEPLOYMENTS];
         for (size_t i = 0; i < AP_MAX_DEPLOYMENTS; i++)
-            allowed[i] = true;
-        for (;;) {
-            int d = ap_router_pick(st, allowed, rng);
-            if (d < 0)
+            allowed[i] = i < st->n_dep;
+        for (size_t tries = 0; tries < st->n_dep; tries++) {
+            int d = st->n_dep == 1 ? 0 : ap_router_pick(st, allowed, rng);
+            if (d < 0 || !allowed[d])
                 break; /* every deployment refused: the next step */
             bool probe = false;
             const char *key = st->dep[d].key;
-            if (!ap_breaker_allow(x->breakers, key, mono_ms(), &probe)) {
+            if (!ap_breaker_allow(x->breakers, key, now, &probe)) {
                 allowed[d] = false;
                 continue;
             }
