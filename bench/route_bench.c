@@ -3,14 +3,14 @@
  * the server runs before its first upstream call, over a realistic configuration loaded from
  * YAML (issue 5, target (b): <= 50 us per request).
  *
- *   route_bench [--iters N] [--runs R] [--samples S] [--threads T] [--md]
+ *   route_bench [--iters N] [--runs R] [--samples S] [--threads T]
  *
- * The configuration (CONFIG_YAML below): 8 providers (2 openai, 2 anthropic, 2 gemini, 3
- * self-hosted openai-compatible), 8 models with 2-3 deployments each and 2 fallbacks each (3-step
- * chains), 4 tasks, 3 named clients, and 10 routing rules over task, data class, client, image
- * count, pixels, bytes and prompt keywords. One deployment (openai-eu/gpt-4o-2024-08-06) is held
- * OPEN (failures recorded until it opens; a day's cooldown) so that gpt-4o's picks go through the
- * skip-and-pick-again path some of the time.
+ * The configuration (CONFIG_YAML below): 9 providers (2 openai, 2 anthropic, 2 gemini, 3
+ * self-hosted openai-compatible; the built-in local makes 10), 8 models with 2-3 deployments
+ * each and 2 fallbacks each (3-step chains), 4 tasks, 3 named clients, and 10 routing rules
+ * over task, data class, client, image count, pixels, bytes and prompt keywords. One deployment
+ * (openai-eu/gpt-4o-2024-08-06) is held OPEN (failures recorded until it opens; a day's cooldown)
+ * so that gpt-4o's picks go through the skip-and-pick-again path some of the time.
  *
  * One request's decision (decide()), as the server makes it:
  *   ap_router_match()             the first rule that holds for the request's facts (~1 KB
@@ -34,9 +34,9 @@
  * (the median and the best run) and the thread's CPU ns per decision (CLOCK_THREAD_CPUTIME_ID;
  * on a shared machine the wall time also counts waits for a core). Then S decisions timed one
  * by one (clock_gettime around each; its own cost, measured and printed, is included) for
- * p50/p99/max. With T threads (default 2) every thread runs the same loop at once, sharing the
- * config and ONE breaker set (its mutex is the contended part); the per-decision figures are
- * per thread (its own time / its own decisions).
+ * p50/p99/max (the 16 KB row runs a tenth of N and S). With T threads (default 2) every thread runs
+ * the same loop at once, sharing the config and ONE breaker set (its mutex is the contended part);
+ * the per-decision figures are per thread (its own time / its own decisions).
  *
  * Not measured: what the server does around these calls (joining the prompt's text parts, the
  * images' header probe, the aperture_route_total / aperture_breaker_state metric updates).
