@@ -64,9 +64,17 @@ static size_t on_header(char *data, size_t size, size_t n, void *arg)
         while (i < len && o + 1 < sizeof(c->retry_after) && data[i] != '\r' && data[i] != '\n')
             c->retry_after[o++] = data[i++];
         c->retry_after[o] = '\0';
-    } else if (len > 15 && strncasecmp(data, "retry-after-ms:", 15) == 0 && !c->retry_after[0]) {
+    } else if (len > 15 && strncasecmp(data, "retry-after-ms:", 15) == 0) {
+        /* Kept as sent for the retry policy (ap_retry_delay_ms() prefers it); rounded up to
+         * seconds as a Retry-After for a client only when the upstream sent none. */
+        size_t i = 15, o = 0;
+        while (i < len && data[i] == ' ')
+            i++;
+        while (i < len && o + 1 < sizeof(c->retry_after_ms) && data[i] != '\r' && data[i] != '\n')
+            c->retry_after_ms[o++] = data[i++];
+        c->retry_after_ms[o] = '\0';
         long ms = strtol(data + 15, NULL, 10);
-        if (ms > 0)
+        if (ms > 0 && !c->retry_after[0])
             snprintf(c->retry_after, sizeof(c->retry_after), "%ld", (ms + 999) / 1000);
     }
     return len;

@@ -31,6 +31,7 @@ struct ap__http_call {
                     const char *errmsg);
     /* Filled before on_done: the upstream's Retry-After (or retry-after-ms, as seconds). */
     char retry_after[32];
+    char retry_after_ms[32]; /* the upstream's retry-after-ms, as sent ("" = none) */
     void *ctx;
     /* Private. */
     void *easy;
