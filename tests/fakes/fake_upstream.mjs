@@ -690,12 +690,22 @@ export function startFakeUpstream(opts = {}) {
     else if (req.method === 'POST' && (gm = p.match(/^\/v1(?:beta)?\/models\/([^/:]+):(generateContent|streamGenerateContent)$/))) kind = 'gemini';
 
     if (kind) rec.in_flight = ++inFlight;
-    res.on('close', () => {
-      if (!res.writableFinished) rec.aborted = true;
+    // The exchange ends when the last byte is handed to the socket ('finish') or the connection
+    // goes ('close'), whichever comes first: a caller cannot start its next call any earlier, so
+    // in_flight never counts a call that the caller already saw end.
+    let ended = false;
+    const end = () => {
+      if (ended) return;
+      ended = true;
       rec.done_time = Date.now();
       // What the caller got: the status line when one went out, 0 for none (dropped, or it left).
       rec.status = res.headersSent ? res.statusCode : 0;
       if (kind) inFlight--;
+    };
+    res.on('finish', end);
+    res.on('close', () => {
+      if (!res.writableFinished) rec.aborted = true;
+      end();
     });
 
     let fault;
