@@ -63,6 +63,14 @@ AP_API AP_NODISCARD ap_status ap_limiter_new(ap_limiter **out, ap_error *err);
 AP_API void ap_limiter_free(ap_limiter *lim);
 
 /*
+ * Shut the door before shutting down: every queued callback is called with AP_ERATELIMIT,
+ * and from then on every ap_limiter_acquire() is refused with AP_ERATELIMIT (no new grant,
+ * no callback). ap_limiter_release() still works. Returns once no callback is running or can
+ * start, so the caller may then free what the callbacks use. Idempotent; NULL is a no-op.
+ */
+AP_API void ap_limiter_close(ap_limiter *lim);
+
+/*
  * Ask for a slot under key with limits o (copied on first use of the key and whenever they
  * differ from the key's current ones), for a call estimated at tokens input tokens (>= 0).
  *   AP_OK          granted now; cb will not be called; release later.

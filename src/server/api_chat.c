@@ -16,6 +16,7 @@
 
 #include "aperture/hash.h"
 #include "aperture/prep.h"
+#include "aperture/router.h"
 #include "aperture/tokens.h"
 #include "core/core.h"
 #include "net/fetch.h"
@@ -227,24 +228,60 @@ struct chat {
     char acc_finish[32];
     struct chat *next_waiter;
     const char *cache_hdr;
-    /* Resilience: the chain of steps, the step and attempt now running. */
+    /* Resilience: the chain of steps, the step, deployment and attempt now running. */
     ap_chain chain;
-    size_t step;
+    size_t step, dep;
     int attempt;
     bool is_probe;
     double t_first;
     uint64_t rng;
-    json_t *orig; /* the request before its images were prepared (fallback steps redo it) */
+    /*
+     * The request with each image's URL replaced by "raw:<i>", and the images as uploaded:
+     * every step (and the classifier, and the review item) prepares its own copy from these,
+     * so a fallback to a provider with other size limits never fetches a URL twice.
+     */
+    json_t *orig;
+    struct raw_img {
+        uint8_t *buf;
+        size_t len;
+        uint32_t w, h; /* displayed size from the header (0 when not probed) */
+    } *raw;
+    size_t n_raw, cap_raw;
+    char prepared[32]; /* the target c->canon's images were prepared for; "" = none */
+    /* Routing. */
+    const ap_route_rule *rule;
+    bool restricted;
+    char *prompt_all; /* the prompt text (for rules), or NULL */
+    /* Rate limits: the slot this attempt holds, and a built call waiting for one. */
+    bool lim_held;
+    double lim_tokens;
+    const ap_provider_conf *lim_prov;
+    struct ap__http_call *pending;
+    long pending_delay;
+    /* Checks and review. */
+    bool recorded;       /* this attempt's result went to its breaker */
+    long next_delay;     /* the wait before the next attempt, when it starts from a job */
+    char *candidate;     /* the last answer that failed the checks, for a review item */
+    char why[96];        /* why the last step fell through */
     /* Header values (kept alive until the response is built). */
     char h_before[24], h_after[24], h_saved[24], h_usd_saved[32], h_cost[32], h_prep[24],
         h_route[96];
-    const char *headers[24];
+    const char *headers[32];
 };
 
 static void chat_free(struct chat *c)
 {
     for (size_t i = 0; i < c->n_key_img; i++)
         free(c->img_bytes[i]);
+    for (size_t i = 0; i < c->n_raw; i++)
+        free(c->raw[i].buf);
+    free(c->raw);
+    free(c->prompt_all);
+    free(c->candidate);
+    if (c->pending) {
+        ap__upreq_release(&c->pending->req);
+        free(c->pending);
+    }
     free(c->acc_text);
     json_decref(c->orig);
     json_decref(c->canon);
@@ -259,9 +296,9 @@ static void chat_free(struct chat *c)
 static void cache_store(struct chat *c, const json_t *resp);
 static void flight_finish(struct chat *c, const json_t *resp, unsigned status, const char *msg);
 static bool try_again(struct chat *c, ap_status rc, long status, const char *bad_answer);
-static bool prepare_images(struct chat *c, uint8_t ***ocr, size_t **ocr_len, size_t *n_ocr);
 static void breaker_result(struct chat *c, bool success);
 static const char *answer_check(struct chat *c, const json_t *resp);
+static void lim_release(struct chat *c);
 
 /* Fill the x-aperture-* headers from what the request knows now. */
 static const char *const *chat_headers(struct chat *c)
@@ -286,7 +323,10 @@ static const char *const *chat_headers(struct chat *c)
     snprintf(c->h_usd_saved, sizeof(c->h_usd_saved), "%.8f", (double)saved * pin / 1e6);
     snprintf(c->h_cost, sizeof(c->h_cost), "%.8f", r->cost_usd);
     snprintf(c->h_prep, sizeof(c->h_prep), "%.2f", r->prep_ms);
-    if (c->chain.n_steps > 1)
+    if (r->review_id[0])
+        snprintf(c->h_route, sizeof(c->h_route), "review (step %zu of %zu)", c->step + 1,
+                 c->chain.n_steps);
+    else if (c->chain.n_steps > 1)
         snprintf(c->h_route, sizeof(c->h_route), "%.60s (step %zu of %zu)",
                  c->chain.step[c->step].model, c->step + 1, c->chain.n_steps);
     else
@@ -301,7 +341,21 @@ static const char *const *chat_headers(struct chat *c)
                        "x-aperture-cost-usd",         c->h_cost,
                        "x-aperture-preprocess-ms",    c->h_prep,
                        "x-aperture-cache",            c->cache_hdr ? c->cache_hdr : "off",
-                       NULL};
+                       NULL, NULL, NULL, NULL, NULL, NULL, NULL};
+    size_t n = sizeof(h) / sizeof(h[0]) - 7;
+    if (r->rule[0]) {
+        h[n++] = "x-aperture-rule";
+        h[n++] = r->rule;
+    }
+    if (r->stage_class[0]) {
+        h[n++] = "x-aperture-class";
+        h[n++] = r->stage_class;
+    }
+    if (r->review_id[0]) {
+        h[n++] = "x-aperture-review-id";
+        h[n++] = r->review_id;
+    }
+    h[n] = NULL;
     memcpy(c->headers, h, sizeof(h));
     return c->headers;
 }
@@ -384,7 +438,14 @@ static void reply_canon(struct chat *c, json_t *resp)
         json_decref(resp);
         resp = a;
     }
-    ap__req_respond_json(r, 200, resp, c->headers);
+    if (r->review_id[0]) {
+        /* Stored for a person to answer: 202, and the id to ask about it later. */
+        json_object_set_new(resp, "needs_review", json_true());
+        json_object_set_new(resp, "review_id", json_string(r->review_id));
+    }
+    if (r->stage_class[0] && r->dialect == AP__DIALECT_NATIVE)
+        json_object_set_new(resp, "class", json_string(r->stage_class));
+    ap__req_respond_json(r, r->review_id[0] ? 202 : 200, resp, c->headers);
 }
 
 /* Upstream failure -> the client's dialect: 4xx the client caused keeps its status; the rest is
@@ -509,6 +570,7 @@ static void on_stream_done(void *ctx, ap_status rc, long status, const char *bod
     struct chat *c = ctx;
     struct ap__req *r = c->r;
     (void)body, (void)len;
+    lim_release(c);
     snprintf(c->retry_after, sizeof(c->retry_after), "%s", c->call->retry_after);
     r->upstream_ms = ap__now_ms() - c->t_up;
     ap__metrics_observe(r->gw->metrics, "aperture_upstream_duration_seconds",
@@ -583,6 +645,7 @@ static void on_done(void *ctx, ap_status rc, long status, const char *body, size
     struct chat *c = ctx;
     struct ap__req *r = c->r;
     /* The call is freed after this returns; keep what the answer needs from it. */
+    lim_release(c);
     snprintf(c->retry_after, sizeof(c->retry_after), "%s", c->call->retry_after);
     r->upstream_ms = ap__now_ms() - c->t_up;
     ap__metrics_observe(r->gw->metrics, "aperture_upstream_duration_seconds",
@@ -596,6 +659,10 @@ static void on_done(void *ctx, ap_status rc, long status, const char *body, size
         json_t *resp = NULL;
         ap_status prc = c->ops->parse(c->prov, status, body ? body : "", len, &resp, &c->usage, &err);
         const char *bad = prc == AP_OK ? answer_check(c, resp) : NULL;
+        if (bad) {
+            free(c->candidate); /* the best answer so far, for a review item */
+            c->candidate = json_dumps(resp, JSON_COMPACT);
+        }
         if (prc != AP_OK || bad) {
             if (try_again(c, prc == AP_OK ? AP_EUPSTREAM : prc, status, bad)) {
                 json_decref(resp);
@@ -606,9 +673,12 @@ static void on_done(void *ctx, ap_status rc, long status, const char *body, size
             reply_upstream_error(c, prc == AP_EUPSTREAM ? AP_EUPSTREAM : AP_ENETWORK, status,
                                  err.msg);
         } else {
+            /* A failing answer that no later step could replace is still the best there is:
+             * it is delivered, but never cached. */
             breaker_result(c, true);
             account(c);
-            cache_store(c, resp);
+            if (bad == NULL)
+                cache_store(c, resp);
             flight_finish(c, resp, 200, NULL);
             reply_canon(c, resp);
         }
@@ -692,6 +762,10 @@ static void stream_canon(struct chat *c, json_t *resp)
 /* Answer with a complete canonical response in the form the client asked for. */
 static void deliver(struct chat *c, json_t *resp)
 {
+    /* A coalesced waiter shares its leader's review item. */
+    const char *rid = json_string_value(json_object_get(resp, "review_id"));
+    if (rid && c->r->review_id[0] == '\0')
+        snprintf(c->r->review_id, sizeof(c->r->review_id), "%s", rid);
     if (c->stream)
         stream_canon(c, resp);
     else
@@ -1012,21 +1086,82 @@ static bool cache_lookup(struct chat *c)
 }
 
 
-/* ---- resilience: steps, retries, breakers, fallbacks ---------------------------------------- */
+/* ---- resilience: steps, deployments, retries, breakers, limits, fallbacks -------------------- */
 
-/* Point c at chain step i: provider, model config, upstream name, token model. */
-static void use_step(struct chat *c, size_t i)
+/* Whether any provider has a tokens-per-minute budget (requests then need a token estimate). */
+static bool lim_any(const ap_config *cfg)
 {
-    const ap_chain_step *st = &c->chain.step[i];
-    c->step = i;
-    c->attempt = 1;
+    for (size_t i = 0; i < cfg->n_providers; i++)
+        if (cfg->providers[i].tpm > 0)
+            return true;
+    return false;
+}
+
+static bool has_breaker(const ap_provider_conf *p)
+{
+    return p != NULL && p->type != AP_PROVIDER_LOCAL;
+}
+
+/* The running attempt's breaker key ("" for review). */
+static const char *dep_key(const struct chat *c)
+{
+    const ap_chain_step *st = &c->chain.step[c->step];
+    return st->n_dep ? st->dep[c->dep].key : st->deployment;
+}
+
+/* Point c at deployment k of the current step (attempt count kept: a retry may move). */
+static void use_dep(struct chat *c, size_t k)
+{
+    const ap_chain_step *st = &c->chain.step[c->step];
+    const ap_chain_deployment *d = st->n_dep ? &st->dep[k] : NULL;
+    c->dep = k;
     c->mconf = st->model_conf;
-    c->prov = st->provider;
-    snprintf(c->upstream, sizeof(c->upstream), "%s", st->upstream ? st->upstream : st->model);
+    c->prov = d ? d->provider : st->provider;
+    const char *up = d ? d->upstream : st->upstream;
+    snprintf(c->upstream, sizeof(c->upstream), "%s", up ? up : st->model);
     snprintf(c->token_model, sizeof(c->token_model), "%s",
              c->mconf && c->mconf->token_model ? c->mconf->token_model : c->upstream);
     if (c->prov)
         snprintf(c->r->provider, sizeof(c->r->provider), "%s", c->prov->name);
+}
+
+/* Point c at chain step i, deployment k, first attempt. */
+static void use_step(struct chat *c, size_t i, size_t k)
+{
+    c->step = i;
+    c->attempt = 1;
+    use_dep(c, k);
+}
+
+/*
+ * Pick a deployment of step st whose breaker lets a request through, by weight; *k and
+ * *probe on success. A deployment refused by its breaker is left out and the draw repeated,
+ * so at most one probe slot is taken, and only by the deployment that is then used.
+ */
+static bool pick_in(struct chat *c, const ap_chain_step *st, size_t *k, bool *probe)
+{
+    ap_breaker_set *b = c->r->gw->breakers;
+    int64_t now = (int64_t)ap__now_ms();
+    *probe = false;
+    *k = 0;
+    if (st->review)
+        return true;
+    if (st->n_dep == 0)
+        return !has_breaker(st->provider) || ap_breaker_allow(b, st->deployment, now, probe);
+    bool ok[AP_MAX_DEPLOYMENTS];
+    for (size_t j = 0; j < AP_MAX_DEPLOYMENTS; j++)
+        ok[j] = j < st->n_dep;
+    for (size_t tries = 0; tries < st->n_dep; tries++) {
+        int j = st->n_dep == 1 ? 0 : ap_router_pick(st, ok, &c->rng);
+        if (j < 0 || !ok[j])
+            return false;
+        if (!has_breaker(st->dep[j].provider) || ap_breaker_allow(b, st->dep[j].key, now, probe)) {
+            *k = (size_t)j;
+            return true;
+        }
+        ok[j] = false;
+    }
+    return false;
 }
 
 static void breaker_metric(struct chat *c, const char *dep)
@@ -1037,114 +1172,179 @@ static void breaker_metric(struct chat *c, const char *dep)
                     (double)ap_breaker_state_get(gw->breakers, dep));
 }
 
-/* Record this attempt's outcome with its deployment's breaker (once per allowed call). */
+/* Record this attempt's outcome with its deployment's breaker: once per allowed call. */
 static void breaker_result(struct chat *c, bool success)
 {
     const ap_chain_step *st = &c->chain.step[c->step];
-    if (st->review || st->provider == NULL || st->provider->type == AP_PROVIDER_LOCAL)
+    if (c->recorded || st->review || !has_breaker(c->prov))
         return;
-    ap_breaker_record(c->r->gw->breakers, st->deployment, (int64_t)ap__now_ms(), success,
+    c->recorded = true;
+    ap_breaker_record(c->r->gw->breakers, dep_key(c), (int64_t)ap__now_ms(), success,
                       c->is_probe);
-    breaker_metric(c, st->deployment);
+    breaker_metric(c, dep_key(c));
 }
 
-/* May step i run now? Local and review steps have no breaker. */
-static bool step_allowed(struct chat *c, size_t i)
+static void fb_metric(struct chat *c, const char *from, const char *to, const char *reason)
 {
-    const ap_chain_step *st = &c->chain.step[i];
-    if (st->review || st->provider == NULL || st->provider->type == AP_PROVIDER_LOCAL)
-        return true;
-    return ap_breaker_allow(c->r->gw->breakers, st->deployment, (int64_t)ap__now_ms(),
-                            &c->is_probe);
+    ap__metrics_add(c->r->gw->metrics, "aperture_fallbacks_total",
+                    (const char *[]){"from", from, "to", to, "reason", reason, NULL}, 1);
 }
 
-static bool first_healthy_step(struct chat *c)
+enum first_step { STEP_OK, STEP_REVIEW, STEP_NONE };
+
+/* The first step with a deployment whose breaker lets it through; open ones are skipped at once. */
+static enum first_step first_healthy_step(struct chat *c)
 {
     for (size_t i = 0; i < c->chain.n_steps; i++) {
-        if (c->chain.step[i].review)
-            return false; /* the review queue is not built yet: see no_healthy_step() */
-        if (step_allowed(c, i)) {
+        const ap_chain_step *st = &c->chain.step[i];
+        if (st->review) {
             if (i > 0)
-                ap__metrics_add(c->r->gw->metrics, "aperture_fallbacks_total",
-                                (const char *[]){"from", c->chain.step[0].model, "to",
-                                                 c->chain.step[i].model, "reason",
-                                                 "breaker_open", NULL},
-                                1);
-            use_step(c, i);
-            return true;
+                fb_metric(c, c->chain.step[0].model, AP_REVIEW_STEP, "breaker_open");
+            c->step = i;
+            return STEP_REVIEW;
+        }
+        size_t k;
+        if (pick_in(c, st, &k, &c->is_probe)) {
+            if (i > 0)
+                fb_metric(c, c->chain.step[0].model, st->model, "breaker_open");
+            use_step(c, i, k);
+            return STEP_OK;
         }
     }
-    return false;
+    return STEP_NONE;
 }
 
-/* Every step is open (or only review is left): 503 at once, with the shortest cooldown. */
+/* Every step is open: 503 at once, with the shortest cooldown as Retry-After. */
 static void no_healthy_step(struct chat *c)
 {
     struct ap__req *r = c->r;
     long wait = 0;
+    int64_t now = (int64_t)ap__now_ms();
     for (size_t i = 0; i < c->chain.n_steps; i++) {
         const ap_chain_step *st = &c->chain.step[i];
-        if (st->review || st->provider == NULL)
-            continue;
-        long w = ap_breaker_wait_ms(r->gw->breakers, st->deployment, (int64_t)ap__now_ms());
-        if (w > 0 && (wait == 0 || w < wait))
-            wait = w;
+        for (size_t j = 0; j < AP_MAX(st->n_dep, (size_t)1); j++) {
+            const char *key = st->n_dep ? st->dep[j].key : st->deployment;
+            if (st->review || key[0] == '\0')
+                continue;
+            long w = ap_breaker_wait_ms(r->gw->breakers, key, now);
+            if (w > 0 && (wait == 0 || w < wait))
+                wait = w;
+        }
     }
     snprintf(r->retry_after, sizeof(r->retry_after), "%ld", wait > 0 ? (wait + 999) / 1000 : 1);
     ap__req_error(r, 503, r->dialect == AP__DIALECT_ANTHROPIC ? "overloaded_error" : "unavailable",
-                  NULL, "no healthy provider for \"%s\": every step of its chain is failing%s",
-                  r->model,
-                  c->chain.step[c->chain.n_steps - 1].review
-                      ? " (the review step is configured but the review queue is not available)"
-                      : "");
+                  NULL, "no healthy provider for \"%s\": every step of its chain is failing",
+                  r->model);
     flight_finish(c, NULL, 503, r->error);
 }
 
-/* A 2xx answer that still does not do: a refusal, or not JSON where JSON was asked. */
+/*
+ * A 2xx answer that still does not do: a refusal; not JSON where JSON was asked (response_format,
+ * or the task's json check); a required field missing or null; or a JSON answer whose every
+ * field is null (the step found nothing; a later one may).
+ */
 static const char *answer_check(struct chat *c, const json_t *resp)
 {
     json_t *ch0 = json_array_get(json_object_get(resp, "choices"), 0);
     const char *fr = json_string_value(json_object_get(ch0, "finish_reason"));
     if (fr && strcmp(fr, "content_filter") == 0)
         return "refusal";
+    const ap_task_conf *tc = ap_config_task(c->r->gw->cfg, c->task);
     json_t *rf = json_object_get(c->canon, "response_format");
     const char *type = json_string_value(json_object_get(rf, "type"));
-    if (type && (strcmp(type, "json_object") == 0 || strcmp(type, "json_schema") == 0)) {
-        const char *text = json_string_value(json_object_get(json_object_get(ch0, "message"),
-                                                             "content"));
-        const char *a = text ? strchr(text, '{') : NULL, *b = text ? strrchr(text, '}') : NULL;
-        json_t *j = a && b && b > a ? json_loadb(a, (size_t)(b - a + 1), 0, NULL) : NULL;
-        if (!json_is_object(j)) {
-            json_decref(j);
-            return "invalid_output";
-        }
-        /* Every field null: the step found nothing; a later one may. */
-        const char *k;
-        json_t *v;
-        bool any = false;
-        size_t n = json_object_size(j);
-        json_object_foreach(j, k, v) if (!json_is_null(v)) any = true;
+    bool want_json = (type && (strcmp(type, "json_object") == 0 || strcmp(type, "json_schema") == 0)) ||
+                     (tc && (tc->json || tc->n_required > 0));
+    if (!want_json)
+        return NULL;
+    const char *text = json_string_value(json_object_get(json_object_get(ch0, "message"),
+                                                         "content"));
+    const char *a = text ? strchr(text, '{') : NULL, *b = text ? strrchr(text, '}') : NULL;
+    json_t *j = a && b && b > a ? json_loadb(a, (size_t)(b - a + 1), 0, NULL) : NULL;
+    if (!json_is_object(j)) {
         json_decref(j);
-        if (!any && n > 0)
-            return "failed_checks";
+        return "invalid_output";
     }
-    return NULL;
+    const char *bad = NULL;
+    for (size_t i = 0; tc && i < tc->n_required && !bad; i++) {
+        json_t *v = json_object_get(j, tc->required[i]);
+        if (v == NULL || json_is_null(v) || (json_is_string(v) && json_string_length(v) == 0))
+            bad = "failed_checks";
+    }
+    const char *k;
+    json_t *v;
+    bool any = false;
+    json_object_foreach(j, k, v) if (!json_is_null(v)) any = true;
+    if (!any && json_object_size(j) > 0)
+        bad = "failed_checks";
+    json_decref(j);
+    return bad;
 }
 
 static void start_attempt(struct chat *c, long delay_ms);
 static void step_job(void *arg);
+static void review_job(void *arg);
+
+/* Hand c to the review step on a worker (store I/O). The caller's request reference goes with
+ * it. False when it could not be queued (c is still the caller's). */
+static bool go_review(struct chat *c, const char *why)
+{
+    if (why)
+        snprintf(c->why, sizeof(c->why), "%s", why);
+    return ap__pool_submit(c->r->gw->pool, review_job, c) == 0;
+}
+
+/*
+ * Leave the current step for the next one that can run: a review step takes the request; a
+ * step whose deployments are all open is skipped (counted as breaker_open). Returns true when
+ * something was scheduled: c (and the caller's request reference) is then owned by that.
+ */
+static bool fall_through(struct chat *c, const char *reason)
+{
+    const ap_chain_step *st = &c->chain.step[c->step];
+    snprintf(c->why, sizeof(c->why), "%s after %.60s", reason, st->model);
+    for (size_t i = c->step + 1; i < c->chain.n_steps; i++) {
+        const ap_chain_step *nx = &c->chain.step[i];
+        if (nx->review) {
+            fb_metric(c, st->model, AP_REVIEW_STEP, reason);
+            c->step = i;
+            return go_review(c, NULL);
+        }
+        size_t k;
+        bool probe;
+        if (!pick_in(c, nx, &k, &probe)) {
+            fb_metric(c, st->model, nx->model, "breaker_open");
+            continue;
+        }
+        fb_metric(c, st->model, nx->model, reason);
+        c->is_probe = probe;
+        use_step(c, i, k);
+        c->next_delay = 0;
+        /* The next step may want other image sizes: prepare them on a worker. */
+        return ap__pool_submit(c->r->gw->pool, step_job, c) == 0;
+    }
+    return false;
+}
+
+/* The target c's images must be prepared for, for the current deployment ("ocr" for local). */
+static const char *step_target(const struct chat *c)
+{
+    if (c->prov == NULL)
+        return "default";
+    if (c->prov->type == AP_PROVIDER_LOCAL)
+        return "ocr";
+    return target_for(c->mconf, c->prov, NULL);
+}
 
 /*
  * An attempt failed (rc/status) or answered badly (bad_answer). Retry the same step with
- * backoff where the policy says so, else fall through to the next step whose breaker is not
- * open. Returns true when something was scheduled: c is then owned by that.
+ * backoff where the policy says so (on the same or another deployment of it), else fall
+ * through. Returns true when something was scheduled: c is then owned by that.
  */
 static bool try_again(struct chat *c, ap_status rc, long status, const char *bad_answer)
 {
     struct ap__req *r = c->r;
     struct ap_gateway *gw = r->gw;
     const ap_retry_policy *pol = &gw->cfg->retry;
-    const ap_chain_step *st = &c->chain.step[c->step];
     long elapsed = (long)(ap__now_ms() - c->t_first);
     bool transient = bad_answer == NULL && ap_retry_transient(pol, rc, status);
     breaker_result(c, !transient);
@@ -1154,47 +1354,114 @@ static bool try_again(struct chat *c, ap_status rc, long status, const char *bad
         long delay = ap_retry_delay_ms(pol, c->attempt, c->retry_after[0] ? c->retry_after : NULL,
                                        NULL, (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000,
                                        &c->rng);
-        if (ap_retry_fits_deadline(pol, elapsed, delay) && step_allowed(c, c->step)) {
+        size_t k;
+        bool probe;
+        if (ap_retry_fits_deadline(pol, elapsed, delay) &&
+            pick_in(c, &c->chain.step[c->step], &k, &probe)) {
             ap__metrics_add(gw->metrics, "aperture_retries_total",
-                            (const char *[]){"deployment", st->deployment, "reason",
+                            (const char *[]){"deployment", dep_key(c), "reason",
                                              ap_retry_reason(rc, status), NULL},
                             1);
+            char before[32];
+            snprintf(before, sizeof(before), "%s", step_target(c));
             c->attempt++;
+            c->is_probe = probe;
+            use_dep(c, k);
+            if (strcmp(before, step_target(c)) != 0 || c->prov->type == AP_PROVIDER_LOCAL) {
+                c->next_delay = delay; /* another provider's sizes: prepare on a worker */
+                return ap__pool_submit(gw->pool, step_job, c) == 0;
+            }
             start_attempt(c, delay);
             return true;
         }
     }
-    const char *reason = bad_answer ? bad_answer : "error";
-    for (size_t i = c->step + 1; i < c->chain.n_steps; i++) {
-        const ap_chain_step *nx = &c->chain.step[i];
-        if (nx->review)
-            break; /* no review queue yet: the client gets the last error */
-        if (!step_allowed(c, i)) {
-            ap__metrics_add(gw->metrics, "aperture_fallbacks_total",
-                            (const char *[]){"from", st->model, "to", nx->model, "reason",
-                                             "breaker_open", NULL},
-                            1);
-            continue;
-        }
-        ap__metrics_add(gw->metrics, "aperture_fallbacks_total",
-                        (const char *[]){"from", st->model, "to", nx->model, "reason", reason,
-                                         NULL},
-                        1);
-        use_step(c, i);
-        /* The next step may want other image sizes: redo the images on a worker. */
-        if (ap__pool_submit(gw->pool, step_job, c) != 0)
-            return false;
-        return true;
-    }
-    return false;
+    return fall_through(c, bad_answer ? bad_answer : rc == AP_ETIMEOUT ? "timeout" : "error");
 }
 
-/* Undo the previous step's image preparation and prepare for the current step. */
-static bool reprepare(struct chat *c, uint8_t ***ocr, size_t **ocr_len, size_t *n_ocr)
+/* ---- rate limits ----------------------------------------------------------------------------- */
+
+static bool lim_needed(const struct chat *c)
+{
+    const ap_provider_conf *p = c->prov;
+    return c->r->gw->limiter && p && p->type != AP_PROVIDER_LOCAL &&
+           (p->max_in_flight > 0 || p->rpm > 0 || p->tpm > 0);
+}
+
+/* Give the attempt's slot back (the call ended). */
+static void lim_release(struct chat *c)
+{
+    if (!c->lim_held)
+        return;
+    c->lim_held = false;
+    ap_limiter_release(c->r->gw->limiter, c->lim_prov->name, c->lim_tokens, -1);
+}
+
+/* The input tokens an attempt is expected to use: text at ~4 bytes a token, plus the images'
+ * estimates after preprocessing. */
+static double est_tokens(const struct chat *c)
+{
+    const struct ap__req *r = c->r;
+    double t = c->prompt_all ? (double)strlen(c->prompt_all) / 4.0 : 0;
+    for (size_t i = 0; i < r->n_img; i++)
+        t += r->img[i].tokens_after > 0 ? (double)r->img[i].tokens_after : 0;
+    return t;
+}
+
+/* Over the provider's limits with no room in its queue (or waited too long): another step,
+ * else 429 with Retry-After. Takes c and the caller's request reference. */
+static void limit_refused(struct chat *c, long retry_after_ms, const char *why)
 {
     struct ap__req *r = c->r;
-    if (c->orig == NULL)
-        return true;
+    const char *prov = c->prov->name;
+    ap__metrics_add(r->gw->metrics, "aperture_ratelimit_refused_total",
+                    (const char *[]){"provider", prov, "reason", why, NULL}, 1);
+    if (fall_through(c, "rate_limited"))
+        return;
+    long s = retry_after_ms > 0 ? (retry_after_ms + 999) / 1000 : 1;
+    snprintf(r->retry_after, sizeof(r->retry_after), "%ld", s);
+    ap__req_error(r, 429,
+                  r->dialect == AP__DIALECT_ANTHROPIC ? "rate_limit_error" : "rate_limit_exceeded",
+                  NULL, "%s: over this gateway's limits for the provider (%s); retry in %ld s",
+                  prov, why, s);
+    flight_finish(c, NULL, 429, r->error);
+    ap__req_unref(r);
+    chat_free(c);
+}
+
+static void call_submit(struct chat *c, struct ap__http_call *call, long delay_ms)
+{
+    c->call = call;
+    c->t_up = ap__now_ms();
+    ap__http_submit_after(c->r->gw->http, call, delay_ms);
+}
+
+/* A queued attempt's turn came (or did not), on the limiter's thread. */
+static void lim_cb(void *ctx, ap_status rc)
+{
+    struct chat *c = ctx;
+    struct ap__http_call *call = c->pending;
+    c->pending = NULL;
+    if (rc == AP_OK) {
+        c->lim_held = true;
+        call_submit(c, call, c->pending_delay);
+        return;
+    }
+    ap__upreq_release(&call->req);
+    free(call);
+    limit_refused(c, 1000, rc == AP_ETIMEOUT ? "waited too long in the queue" : "shutting down");
+}
+
+/* ---- review ---------------------------------------------------------------------------------- */
+
+static bool prepare_images(struct chat *c, const char *force_target, uint8_t ***ocr,
+                           size_t **ocr_len, size_t *n_ocr);
+
+/* Rebuild c->canon from the original request and prepare its images for the current
+ * deployment (force_target: for that target instead). */
+static bool reprepare(struct chat *c, const char *force_target, uint8_t ***ocr, size_t **ocr_len,
+                      size_t *n_ocr)
+{
+    struct ap__req *r = c->r;
     json_decref(c->canon);
     c->canon = json_deep_copy(c->orig);
     for (size_t i = 0; i < c->n_key_img; i++) {
@@ -1204,7 +1471,7 @@ static bool reprepare(struct chat *c, uint8_t ***ocr, size_t **ocr_len, size_t *
     size_t keep_key_img = c->n_key_img; /* the cache key stays the first step's */
     c->n_key_img = 0;
     r->n_img = 0;
-    bool ok = prepare_images(c, ocr, ocr_len, n_ocr);
+    bool ok = prepare_images(c, force_target, ocr, ocr_len, n_ocr);
     for (size_t i = 0; i < c->n_key_img; i++) {
         free(c->img_bytes[i]);
         c->img_bytes[i] = NULL;
@@ -1212,6 +1479,75 @@ static bool reprepare(struct chat *c, uint8_t ***ocr, size_t **ocr_len, size_t *
     c->n_key_img = keep_key_img;
     return ok;
 }
+
+/*
+ * The review step, on a worker: the request (images prepared at the default size, for a
+ * person to read) goes to the review store, and the client gets 202 with the item's id and
+ * needs_review: true in its own dialect. Takes c and one request reference.
+ */
+static void review_job(void *arg)
+{
+    struct chat *c = arg;
+    struct ap__req *r = c->r;
+    struct ap_gateway *gw = r->gw;
+    ap_error err = {0};
+    char id[AP_REVIEW_ID_MAX] = "";
+    snprintf(r->route_method, sizeof(r->route_method), "review");
+    uint8_t **ocr = NULL;
+    size_t *ocr_len = NULL, n_ocr = 0;
+    ap_status rc = AP_OK;
+    if (gw->review == NULL) {
+        rc = ap_error_set(&err, AP_ENETWORK, "%s", gw->review_err[0] ? gw->review_err
+                                                                     : "no review store");
+    } else if (!reprepare(c, "default", &ocr, &ocr_len, &n_ocr)) {
+        rc = AP_EINVAL; /* answered by prepare_images */
+    } else {
+        char *req = json_dumps(c->canon, JSON_COMPACT);
+        char reason[sizeof(c->why)];
+        snprintf(reason, sizeof(reason), "%s", c->why[0] ? c->why : "review");
+        ap_review_item it = {.task = c->task,
+                             .model = r->model,
+                             .client = (char *)r->client_name,
+                             .reason = reason,
+                             .request = req,
+                             .candidate = c->candidate};
+        rc = req ? ap_review_add(gw->review, &it, id, &err)
+                 : ap_error_set(&err, AP_ENOMEM, "out of memory");
+        free(req);
+    }
+    if (rc == AP_OK) {
+        snprintf(r->review_id, sizeof(r->review_id), "%s", id);
+        ap__metrics_add(gw->metrics, "aperture_review_items_total",
+                        (const char *[]){"task", c->task, NULL}, 1);
+        char content[96];
+        snprintf(content, sizeof(content), "{\"needs_review\":true,\"review_id\":\"%s\"}", id);
+        json_t *resp = json_pack("{s:s, s:s, s:I, s:s, s:[{s:i, s:{s:s, s:s}, s:s}], "
+                                 "s:{s:i, s:i, s:i}, s:s}",
+                                 "id", id, "object", "chat.completion", (const char *)"created",
+                                 (json_int_t)time(NULL), "model", r->model, "choices", "index", 0,
+                                 "message", "role", "assistant", "content", content,
+                                 "finish_reason", "stop", "usage", "prompt_tokens", 0,
+                                 "completion_tokens", 0, "total_tokens", 0, "review_id", id);
+        c->cacheable = false; /* a person's answer is not in yet */
+        flight_finish(c, resp, 200, NULL);
+        deliver(c, resp);
+    } else if (!r->answered) {
+        ap__req_error(r, 503, r->dialect == AP__DIALECT_ANTHROPIC ? "overloaded_error" : "unavailable",
+                      NULL, "no model step could answer and the review queue is unavailable: %s",
+                      err.msg);
+        flight_finish(c, NULL, 503, r->error);
+    } else {
+        flight_finish(c, NULL, r->status, r->error);
+    }
+    for (size_t i = 0; i < n_ocr; i++)
+        free(ocr[i]);
+    free(ocr);
+    free(ocr_len);
+    ap__req_unref(r);
+    chat_free(c);
+}
+
+/* ---- steps ----------------------------------------------------------------------------------- */
 
 /* Run the current step: in-process for local, else the first attempt of an upstream call.
  * Takes c (and its request reference). */
@@ -1233,9 +1569,24 @@ static void step_run(struct chat *c, uint8_t **ocr, size_t *ocr_len, size_t n_oc
             ap__req_error(r, 400, "invalid_request_error", NULL, "%s", err.msg);
             flight_finish(c, NULL, 400, r->error);
         } else {
-            cache_store(c, resp);
-            flight_finish(c, resp, 200, NULL);
-            deliver(c, resp);
+            const char *bad = answer_check(c, resp);
+            if (bad && c->step + 1 < c->chain.n_steps) {
+                /* The local answer fails the checks: a later step (review) may do better. */
+                free(c->candidate);
+                c->candidate = json_dumps(resp, JSON_COMPACT);
+                json_decref(resp);
+                ap__req_ref(r);
+                if (fall_through(c, bad))
+                    return;
+                ap__req_unref(r);
+                ap__req_error(r, 502, "upstream_error", NULL, "local: the answer failed the task's checks");
+                flight_finish(c, NULL, 502, r->error);
+            } else {
+                if (bad == NULL)
+                    cache_store(c, resp);
+                flight_finish(c, resp, 200, NULL);
+                deliver(c, resp);
+            }
         }
         chat_free(c);
         return;
@@ -1248,35 +1599,78 @@ static void step_run(struct chat *c, uint8_t **ocr, size_t *ocr_len, size_t n_oc
         chat_free(c);
         return;
     }
-    snprintf(r->route_method, sizeof(r->route_method), "%s", c->prov->name);
+    snprintf(r->route_method, sizeof(r->route_method), "%s", dep_key(c));
     ap__req_ref(r); /* held by the upstream calls until the last on_done */
-    start_attempt(c, 0);
+    long d = c->next_delay;
+    c->next_delay = 0;
+    start_attempt(c, d);
 }
 
-/* A fallback step, on a worker: prepare its images, run it. */
+/* Whether the current deployment needs c's images prepared again before it runs. */
+static bool needs_prep(const struct chat *c, bool have_ocr)
+{
+    if (c->prov == NULL)
+        return false;
+    if (c->prov->type == AP_PROVIDER_LOCAL)
+        return !have_ocr && c->n_raw > 0;
+    return strcmp(c->prepared, step_target(c)) != 0;
+}
+
+/* Prepare what the current step needs and run it. Takes c. ocr arrays: borrowed, may be NULL. */
+static void run_prepared(struct chat *c, uint8_t **ocr, size_t *ocr_len, size_t n_ocr)
+{
+    struct ap__req *r = c->r;
+    uint8_t **o2 = NULL;
+    size_t *l2 = NULL, n2 = 0;
+    bool fresh = needs_prep(c, ocr != NULL);
+    if (fresh && !reprepare(c, NULL, &o2, &l2, &n2)) {
+        flight_finish(c, NULL, r->status, r->error);
+        chat_free(c);
+    } else {
+        step_run(c, fresh ? o2 : ocr, fresh ? l2 : ocr_len, fresh ? n2 : n_ocr);
+    }
+    for (size_t i = 0; i < n2; i++)
+        free(o2[i]);
+    free(o2);
+    free(l2);
+}
+
+/* A later step (or a retry on another provider), on a worker. The request reference the
+ * upstream call held passes to the step; step_run takes its own for the next call. */
 static void step_job(void *arg)
 {
     struct chat *c = arg;
     struct ap__req *r = c->r;
-    uint8_t **ocr = NULL;
-    size_t *ocr_len = NULL, n_ocr = 0;
-    /* The request reference the upstream call held passes to the step; step_run takes its
-     * own for the next call, so drop this one once the step is under way. */
-    if (reprepare(c, &ocr, &ocr_len, &n_ocr)) {
-        step_run(c, ocr, ocr_len, n_ocr);
-    } else {
-        flight_finish(c, NULL, r->status, r->error);
-        chat_free(c);
-    }
-    for (size_t i = 0; i < n_ocr; i++)
-        free(ocr[i]);
-    free(ocr);
-    free(ocr_len);
+    run_prepared(c, NULL, NULL, 0);
     ap__req_unref(r);
 }
 
-/* Build and submit one upstream attempt of the current step after delay_ms. c stays owned by
- * the call; the caller holds a request reference for it. */
+/* After the cache and the classifier: walk the chain from its first healthy step. Takes c. */
+static void chain_start(struct chat *c, uint8_t **ocr, size_t *ocr_len, size_t n_ocr)
+{
+    struct ap__req *r = c->r;
+    switch (first_healthy_step(c)) {
+    case STEP_NONE:
+        no_healthy_step(c);
+        chat_free(c);
+        return;
+    case STEP_REVIEW:
+        snprintf(c->why, sizeof(c->why), "breaker_open");
+        ap__req_ref(r);
+        if (!go_review(c, NULL)) {
+            ap__req_unref(r);
+            no_healthy_step(c);
+            chat_free(c);
+        }
+        return;
+    case STEP_OK:
+        break;
+    }
+    run_prepared(c, ocr, ocr_len, n_ocr);
+}
+
+/* Build and submit one upstream attempt of the current step after delay_ms, through the
+ * provider's limits. c stays owned by the call; the caller holds a request reference for it. */
 static void start_attempt(struct chat *c, long delay_ms)
 {
     struct ap__req *r = c->r;
@@ -1287,19 +1681,23 @@ static void start_attempt(struct chat *c, long delay_ms)
     c->errbuf = NULL;
     c->errlen = 0;
     c->retry_after[0] = '\0';
+    c->recorded = false;
     if (c->xs) {
         c->ops->stream_free(c->xs);
         c->xs = NULL;
     }
+    c->ops = ap__provider_ops_for(c->prov->type);
     free(c->acc_text);
     c->acc_text = NULL;
     c->acc_len = 0;
     c->acc_finish[0] = '\0';
     memset(&c->usage, 0, sizeof(c->usage));
     struct ap__http_call *call = ap__xcalloc(1, sizeof(*call));
-    if (c->ops->build(c->prov, c->upstream, c->canon, c->stream, &call->req, &err) != AP_OK) {
+    if (c->ops == NULL || c->ops->build(c->prov, c->upstream, c->canon, c->stream, &call->req,
+                                        &err) != AP_OK) {
         free(call);
-        ap__req_error(r, 400, "invalid_request_error", NULL, "%s", err.msg);
+        ap__req_error(r, 400, "invalid_request_error", NULL, "%s",
+                      c->ops ? err.msg : "provider has no implementation");
         flight_finish(c, NULL, 400, r->error);
         ap__req_unref(r);
         chat_free(c);
@@ -1313,7 +1711,6 @@ static void start_attempt(struct chat *c, long delay_ms)
     call->timeout_ms = left > 0 ? left : 1;
     call->max_body = 64u << 20;
     call->ctx = c;
-    c->call = call;
     if (c->stream) {
         json_t *so = json_object_get(c->canon, "stream_options");
         /* Byte-for-byte relay when nothing needs changing: OpenAI wire to an OpenAI client
@@ -1328,8 +1725,220 @@ static void start_attempt(struct chat *c, long delay_ms)
     } else {
         call->on_done = on_done;
     }
-    c->t_up = ap__now_ms();
-    ap__http_submit_after(gw->http, call, delay_ms);
+    if (!lim_needed(c)) {
+        call_submit(c, call, delay_ms);
+        return;
+    }
+    const ap_provider_conf *p = c->prov;
+    ap_limit_opts lo = {.max_in_flight = p->max_in_flight,
+                        .rpm = p->rpm,
+                        .tpm = p->tpm,
+                        .queue_max = p->queue_max,
+                        .queue_timeout_ms = p->queue_timeout_ms > 0 ? p->queue_timeout_ms : 30000};
+    c->pending = call;
+    c->pending_delay = delay_ms;
+    c->lim_tokens = est_tokens(c);
+    c->lim_prov = p;
+    long ra = 0;
+    ap_status lrc = ap_limiter_acquire(gw->limiter, p->name, &lo, c->lim_tokens, lim_cb, c, &ra);
+    if (lrc == AP_EBUSY)
+        return; /* lim_cb goes on from here, maybe already */
+    c->pending = NULL;
+    if (lrc == AP_OK) {
+        c->lim_held = true;
+        call_submit(c, call, delay_ms);
+        return;
+    }
+    ap__upreq_release(&call->req);
+    free(call);
+    limit_refused(c, ra, "queue full");
+}
+
+/* ---- two-stage: classify on a thumbnail first ------------------------------------------------ */
+
+struct classify {
+    struct chat *c;
+    const ap_two_stage_conf *ts;
+    const ap_provider_conf *prov;
+    const struct ap__provider_ops *ops;
+    char key[AP_DEPLOYMENT_MAX];
+    bool probe;
+    struct ap__http_call *call;
+};
+
+static void classify_proceed_job(void *arg)
+{
+    struct chat *c = arg;
+    struct ap__req *r = c->r;
+    chain_start(c, NULL, NULL, 0);
+    ap__req_unref(r);
+}
+
+static void classify_done(void *ctx, ap_status rc, long status, const char *body, size_t len,
+                          const char *errmsg)
+{
+    struct classify *k = ctx;
+    struct chat *c = k->c;
+    struct ap__req *r = c->r;
+    struct ap_gateway *gw = r->gw;
+    (void)errmsg;
+    json_t *resp = NULL;
+    struct ap__usage u = {0};
+    ap_error err = {0};
+    ap_status prc = rc == AP_OK ? k->ops->parse(k->prov, status, body ? body : "", len, &resp, &u,
+                                                &err)
+                                : rc;
+    bool healthy = prc == AP_OK || !ap_retry_transient(&gw->cfg->retry, prc == AP_EUPSTREAM ? AP_EUPSTREAM : prc, status);
+    ap_breaker_record(gw->breakers, k->key, (int64_t)ap__now_ms(), healthy, k->probe);
+    const char *text = json_string_value(json_object_get(
+        json_object_get(json_array_get(json_object_get(resp, "choices"), 0), "message"), "content"));
+    const char *cls = text ? ap_router_class(k->ts, text) : NULL;
+    ap__metrics_add(gw->metrics, "aperture_two_stage_total",
+                    (const char *[]){"class", cls ? cls : prc == AP_OK ? "unknown" : "error",
+                                     "full", cls && !ap_router_valuable(k->ts, cls) ? "no" : "yes",
+                                     NULL},
+                    1);
+    if (cls)
+        snprintf(r->stage_class, sizeof(r->stage_class), "%s", cls);
+    bool valuable = cls == NULL || ap_router_valuable(k->ts, cls);
+    free(k);
+    if (!valuable) {
+        /* Not worth the full run: the class is the answer. */
+        char content[96];
+        snprintf(content, sizeof(content), "{\"class\":\"%.60s\"}", cls);
+        json_t *ans = json_pack("{s:s, s:s, s:I, s:s, s:[{s:i, s:{s:s, s:s}, s:s}], s:{s:I, s:I, s:I}}",
+                                "id", r->id, "object", "chat.completion", "created",
+                                (json_int_t)time(NULL), "model", r->model, "choices", "index", 0,
+                                "message", "role", "assistant", "content", content,
+                                "finish_reason", "stop", "usage", "prompt_tokens",
+                                (json_int_t)AP_MAX(u.input_tokens, 0), "completion_tokens",
+                                (json_int_t)AP_MAX(u.output_tokens, 0), "total_tokens",
+                                (json_int_t)(AP_MAX(u.input_tokens, 0) + AP_MAX(u.output_tokens, 0)));
+        json_decref(resp);
+        snprintf(r->route_method, sizeof(r->route_method), "two-stage");
+        c->usage = u;
+        account(c);
+        cache_store(c, ans);
+        flight_finish(c, ans, 200, NULL);
+        c->from_cache = true; /* usage already counted */
+        deliver(c, ans);
+        ap__req_unref(r);
+        chat_free(c);
+        return;
+    }
+    json_decref(resp);
+    /* Worth it, or the classifier could not tell: the full run (failing open: a missed
+     * extraction costs more than a second call). */
+    if (ap__pool_submit(gw->pool, classify_proceed_job, c) != 0) {
+        ap__req_error(r, 503, "unavailable", NULL, "shutting down");
+        flight_finish(c, NULL, 503, r->error);
+        ap__req_unref(r);
+        chat_free(c);
+    }
+}
+
+/*
+ * Start the classifier of the request's two-stage rule: its images prepared at the rule's
+ * target (thumbnail), a short prompt, one non-streamed call. Returns true when it was started
+ * (c is then owned by it); false to skip the first stage (no rule, classifier unavailable or
+ * open, or not allowed for restricted data).
+ */
+static bool classify_start(struct chat *c)
+{
+    struct ap__req *r = c->r;
+    struct ap_gateway *gw = r->gw;
+    const ap_two_stage_conf *ts = c->rule ? c->rule->two_stage : NULL;
+    if (ts == NULL || c->n_raw == 0)
+        return false;
+    ap_chain cc;
+    const char *models[] = {ts->model};
+    if (ap_config_chain_list(gw->cfg, models, 1, &cc, NULL) != AP_OK)
+        return false;
+    if (c->restricted && ap_router_restrict(&cc, NULL) != AP_OK)
+        return false;
+    const ap_chain_step *st = &cc.step[0];
+    size_t di;
+    bool probe;
+    if (st->review || !pick_in(c, st, &di, &probe))
+        return false;
+    const ap_chain_deployment *d = st->n_dep ? &st->dep[di] : NULL;
+    const ap_provider_conf *prov = d ? d->provider : st->provider;
+    const char *up = d ? d->upstream : st->upstream;
+    const struct ap__provider_ops *ops = prov ? ap__provider_ops_for(prov->type) : NULL;
+    if (ops == NULL || prov->type == AP_PROVIDER_LOCAL)
+        return false;
+    /* The classifier's request: the prompt and every image as a thumbnail. */
+    char prompt[1024];
+    if (ts->prompt) {
+        snprintf(prompt, sizeof(prompt), "%s", ts->prompt);
+    } else {
+        size_t off = (size_t)snprintf(prompt, sizeof(prompt),
+                                      "Classify this image as exactly one of:");
+        for (size_t i = 0; i < ts->n_classes && off < sizeof(prompt); i++)
+            off += (size_t)snprintf(prompt + off, sizeof(prompt) - off, "%s %s",
+                                    i ? "," : "", ts->classes[i]);
+        if (off < sizeof(prompt))
+            snprintf(prompt + off, sizeof(prompt) - off, ". Answer with the class name only.");
+    }
+    json_t *content = json_array();
+    json_array_append_new(content, json_pack("{s:s, s:s}", "type", "text", "text", prompt));
+    ap_prep_opts o = gw->cfg->prep;
+    if (ap_prep_opts_target(&o, ts->target ? ts->target : "thumbnail") != AP_OK) {
+        json_decref(content);
+        return false;
+    }
+    for (size_t i = 0; i < c->n_raw; i++) {
+        ap_prep_result res;
+        if (ap_prep(c->raw[i].buf, c->raw[i].len, &o, &res, NULL) != AP_OK) {
+            json_decref(content);
+            return false; /* the full run will report the image's problem */
+        }
+        r->prep_ms += res.ms.total_ms;
+        char *b64 = ap_base64_encode(res.out, res.out_len);
+        size_t need = (b64 ? strlen(b64) : 0) + 64;
+        char *durl = b64 ? malloc(need) : NULL;
+        if (durl)
+            snprintf(durl, need, "data:%s;base64,%s", res.out_media_type, b64);
+        free(b64);
+        ap_prep_result_release(&res);
+        if (durl == NULL) {
+            json_decref(content);
+            return false;
+        }
+        json_array_append_new(content, json_pack("{s:s, s:{s:s}}", "type", "image_url",
+                                                 "image_url", "url", durl));
+        free(durl);
+    }
+    json_t *canon = json_pack("{s:s, s:[{s:s, s:o}], s:i, s:i}", "model", ts->model, "messages",
+                              "role", "user", "content", content, "max_tokens", 20,
+                              "temperature", 0);
+    struct ap__http_call *call = ap__xcalloc(1, sizeof(*call));
+    ap_status brc = canon ? ops->build(prov, up ? up : ts->model, canon, false, &call->req, NULL)
+                          : AP_ENOMEM;
+    json_decref(canon);
+    if (brc != AP_OK) {
+        free(call);
+        return false;
+    }
+    struct classify *k = ap__xcalloc(1, sizeof(*k));
+    k->c = c;
+    k->ts = ts;
+    k->prov = prov;
+    k->ops = ops;
+    k->probe = probe;
+    snprintf(k->key, sizeof(k->key), "%s", d ? d->key : st->deployment);
+    long prov_timeout = prov->timeout_ms > 0 ? prov->timeout_ms : 600000;
+    long left = ap_retry_attempt_timeout_ms(&gw->cfg->retry, (long)(ap__now_ms() - c->t_first),
+                                            prov_timeout);
+    call->connect_timeout_ms = prov->connect_timeout_ms > 0 ? prov->connect_timeout_ms : 10000;
+    call->timeout_ms = left > 0 ? left : 1;
+    call->max_body = 1u << 20;
+    call->ctx = k;
+    call->on_done = classify_done;
+    k->call = call;
+    ap__req_ref(r); /* held by the classifier call */
+    ap__http_submit(gw->http, call);
+    return true;
 }
 
 /* ---- the handler -------------------------------------------------------------------------------- */
@@ -1344,7 +1953,8 @@ static void append_capped(char *buf, size_t cap, size_t *off, const char *s)
         *off = AP_MIN(*off + (size_t)n, cap - 1);
 }
 
-/* The text parts of a canonical request, joined and capped at 4 KiB, for the log line. */
+/* The text parts of a canonical request, joined and capped at 4 KiB, for the log line and the
+ * routing rules' keywords. */
 static char *prompt_text(const json_t *canon)
 {
     char buf[4096];
@@ -1366,29 +1976,35 @@ static char *prompt_text(const json_t *canon)
     return strdup(buf);
 }
 
-/* Walk every image part of the canonical request: load, preprocess, put back as a data URL.
- * For the local provider, keep OCR-sized images instead. Returns false after answering. */
-static bool prepare_images(struct chat *c, uint8_t ***ocr, size_t **ocr_len, size_t *n_ocr)
+/* The image_url object of a content part that is an image, or NULL. */
+static json_t *image_part(json_t *part)
+{
+    const char *type = json_string_value(json_object_get(part, "type"));
+    return type && strcmp(type, "image_url") == 0 ? json_object_get(part, "image_url") : NULL;
+}
+
+/*
+ * Load every image of the request once (data: URL or an SSRF-checked fetch), read its size from
+ * its header, and leave "raw:<i>" in its place: every step prepares from these bytes. Returns
+ * false after answering.
+ */
+static bool load_images(struct chat *c, bool probe)
 {
     struct ap__req *r = c->r;
-    json_t *msgs = json_object_get(c->canon, "messages");
-    size_t mi, pi, idx = 0;
+    size_t mi, pi;
     json_t *m, *part;
-    bool local = c->prov->type == AP_PROVIDER_LOCAL;
-    json_array_foreach(msgs, mi, m)
+    json_array_foreach(json_object_get(c->canon, "messages"), mi, m)
     {
         json_t *content = json_object_get(m, "content");
         if (!json_is_array(content))
             continue;
         json_array_foreach(content, pi, part)
         {
-            const char *type = json_string_value(json_object_get(part, "type"));
-            if (type == NULL || strcmp(type, "image_url") != 0)
+            json_t *iu = image_part(part);
+            if (iu == NULL)
                 continue;
-            json_t *iu = json_object_get(part, "image_url");
             const char *url = json_is_string(iu) ? json_string_value(iu)
                                                  : json_string_value(json_object_get(iu, "url"));
-            const char *detail = json_string_value(json_object_get(iu, "detail"));
             char param[64];
             snprintf(param, sizeof(param), "messages[%zu].content[%zu]", mi, pi);
             if (url == NULL) {
@@ -1402,12 +2018,80 @@ static bool prepare_images(struct chat *c, uint8_t ***ocr, size_t **ocr_len, siz
             ap_status rc = ap__image_load(r, url, &buf, &len, &err);
             if (rc != AP_OK) {
                 ap__req_error(r, rc == AP_ETOOLARGE ? 413 : 400, "invalid_request_error", param,
-                              "%s: image %zu could not be loaded: %s: %s", param, idx,
+                              "%s: image %zu could not be loaded: %s: %s", param, c->n_raw,
                               ap_strerror(rc), err.msg);
                 return false;
             }
+            if (c->n_raw == c->cap_raw) {
+                size_t ncap = c->cap_raw ? 2 * c->cap_raw : 4;
+                struct raw_img *nr = realloc(c->raw, ncap * sizeof(*nr));
+                if (nr == NULL) {
+                    free(buf);
+                    ap__req_error(r, 500, "api_error", NULL, "out of memory");
+                    return false;
+                }
+                c->raw = nr;
+                c->cap_raw = ncap;
+            }
+            struct raw_img *ri = &c->raw[c->n_raw];
+            *ri = (struct raw_img){.buf = buf, .len = len};
+            ap_probe_info pin;
+            if (probe && ap_prep_probe(buf, len, &pin, NULL) == AP_OK) {
+                ri->w = pin.width;
+                ri->h = pin.height;
+            }
+            char ph[32];
+            snprintf(ph, sizeof(ph), "raw:%zu", c->n_raw++);
+            json_t *niu = json_pack("{s:s}", "url", ph);
+            const char *detail = json_is_object(iu) ? json_string_value(json_object_get(iu, "detail"))
+                                                     : NULL;
+            if (detail)
+                json_object_set_new(niu, "detail", json_string(detail));
+            json_object_set_new(part, "image_url", niu);
+        }
+    }
+    return true;
+}
+
+/* Prepare every image of c->canon (placeholders from load_images()) for the current
+ * deployment, or for force_target: a data: URL in its place; for the local provider, OCR-sized
+ * images in *ocr instead. Returns false after answering. */
+static bool prepare_images(struct chat *c, const char *force_target, uint8_t ***ocr,
+                           size_t **ocr_len, size_t *n_ocr)
+{
+    struct ap__req *r = c->r;
+    json_t *msgs = json_object_get(c->canon, "messages");
+    size_t mi, pi, idx = 0;
+    json_t *m, *part;
+    bool local = force_target == NULL && c->prov && c->prov->type == AP_PROVIDER_LOCAL;
+    json_array_foreach(msgs, mi, m)
+    {
+        json_t *content = json_object_get(m, "content");
+        if (!json_is_array(content))
+            continue;
+        json_array_foreach(content, pi, part)
+        {
+            json_t *iu = image_part(part);
+            if (iu == NULL)
+                continue;
+            const char *url = json_string_value(json_object_get(iu, "url"));
+            const char *detail = json_string_value(json_object_get(iu, "detail"));
+            char param[64];
+            snprintf(param, sizeof(param), "messages[%zu].content[%zu]", mi, pi);
+            size_t ri = url && strncmp(url, "raw:", 4) == 0 ? strtoul(url + 4, NULL, 10) : SIZE_MAX;
+            if (ri >= c->n_raw) {
+                ap__req_error(r, 400, "invalid_request_error", param,
+                              "%s: image_url.url is not a loaded image", param);
+                return false;
+            }
+            const uint8_t *buf = c->raw[ri].buf;
+            size_t len = c->raw[ri].len;
+            ap_error err = {0};
+            ap_status rc;
             ap_prep_result res;
-            const char *target = local ? "none" : target_for(c->mconf, c->prov, detail);
+            const char *target = force_target ? force_target
+                                 : local      ? "none"
+                                              : target_for(c->mconf, c->prov, detail);
             if (local) {
                 /* OCR reads the normalised image at up to ocr_max_edge: shrinking a dense page
                  * to 1568 px costs Tesseract accuracy. */
@@ -1436,9 +2120,9 @@ static bool prepare_images(struct chat *c, uint8_t ***ocr, size_t **ocr_len, siz
                     r->prep_ms += res.ms.total_ms;
                 }
             } else {
-                rc = ap__image_prep(r, buf, len, target, c->token_model, detail, &res, &err);
+                rc = ap__image_prep(r, buf, len, target, force_target ? NULL : c->token_model,
+                                    detail, &res, &err);
             }
-            free(buf);
             if (rc != AP_OK) {
                 ap__req_error(r, rc == AP_ETOOLARGE ? 413 : 400, "invalid_request_error", param,
                               "%s: image %zu refused: %s: %s", param, idx, ap_strerror(rc),
@@ -1488,6 +2172,8 @@ static bool prepare_images(struct chat *c, uint8_t ***ocr, size_t **ocr_len, siz
             idx++;
         }
     }
+    snprintf(c->prepared, sizeof(c->prepared), "%s",
+             local ? "ocr" : force_target ? force_target : step_target(c));
     return true;
 }
 
@@ -1522,10 +2208,61 @@ void ap__api_chat(struct ap__req *r)
     ap__chat_run(r, canon);
 }
 
+/*
+ * Decide the chain: the first routing rule that matches (its models, or the request's own
+ * chain), then, for restricted data, only self-hosted steps. Returns false after answering.
+ */
+static bool route(struct chat *c, const char *ctask, const char *model)
+{
+    struct ap__req *r = c->r;
+    struct ap_gateway *gw = r->gw;
+    ap_error err = {0};
+    if (gw->cfg->n_routes > 0) {
+        uint64_t maxpx = 0, bytes = 0;
+        for (size_t i = 0; i < c->n_raw; i++) {
+            maxpx = AP_MAX(maxpx, (uint64_t)c->raw[i].w * c->raw[i].h);
+            bytes += c->raw[i].len;
+        }
+        ap_route_facts f = {.task = r->task_header,
+                            .model = model,
+                            .prompt = c->prompt_all,
+                            .prompt_len = c->prompt_all ? strlen(c->prompt_all) : 0,
+                            .n_images = c->n_raw,
+                            .max_pixels = maxpx,
+                            .total_bytes = bytes,
+                            .client = r->client_name,
+                            .data_class = r->data_class};
+        c->rule = ap_router_match(gw->cfg, &f);
+    }
+    if (c->rule)
+        snprintf(r->rule, sizeof(r->rule), "%s", c->rule->name);
+    ap__metrics_add(gw->metrics, "aperture_route_total",
+                    (const char *[]){"rule", c->rule ? c->rule->name : "default", NULL}, 1);
+    ap_status rc = c->rule && c->rule->n_models > 0
+                       ? ap_config_chain_list(gw->cfg, (const char *const *)c->rule->models,
+                                              c->rule->n_models, &c->chain, &err)
+                       : ap_config_chain(gw->cfg, ctask, model, &c->chain, &err);
+    if (rc != AP_OK) {
+        ap__req_error(r, 404,
+                      r->dialect == AP__DIALECT_ANTHROPIC ? "not_found_error"
+                                                          : "invalid_request_error",
+                      "model", "%s", err.msg);
+        return false;
+    }
+    c->restricted = ap_router_restricted(r->data_class);
+    if (c->restricted && ap_router_restrict(&c->chain, &err) != AP_OK) {
+        ap__req_error(r, 403,
+                      r->dialect == AP__DIALECT_ANTHROPIC ? "permission_error"
+                                                          : "permission_denied",
+                      NULL, "%s", err.msg);
+        return false;
+    }
+    return true;
+}
+
 void ap__chat_run(struct ap__req *r, json_t *canon)
 {
     struct ap_gateway *gw = r->gw;
-    ap_error err = {0};
     uint8_t **ocr = NULL;
     size_t *ocr_len = NULL, n_ocr = 0;
     struct chat *c = ap__xcalloc(1, sizeof(*c));
@@ -1548,31 +2285,31 @@ void ap__chat_run(struct ap__req *r, json_t *canon)
     const char *ctask = r->task_header && ap_config_task(gw->cfg, r->task_header)
                             ? r->task_header
                             : NULL;
-    if (ap_config_chain(gw->cfg, ctask, model, &c->chain, &err) != AP_OK) {
-        ap__req_error(r, 404, r->dialect == AP__DIALECT_ANTHROPIC ? "not_found_error"
-                                                                  : "invalid_request_error",
-                      "model", "%s", err.msg);
-        goto out;
-    }
+    snprintf(c->task, sizeof(c->task), "%s", r->task_header ? r->task_header : "chat");
     c->t_first = ap__now_ms();
     c->rng = (uint64_t)(c->t_first * 1000.0) ^ (uint64_t)(uintptr_t)c;
-    if (c->chain.n_steps > 1)
-        c->orig = json_deep_copy(c->canon);
-    use_step(c, 0);
+    if (gw->cfg->log_prompts || gw->cfg->n_routes > 0 || lim_any(gw->cfg))
+        c->prompt_all = prompt_text(c->canon);
+    if (gw->cfg->log_prompts && c->prompt_all)
+        r->prompt = strdup(c->prompt_all);
+    if (!load_images(c, gw->cfg->n_routes > 0) || !route(c, ctask, model))
+        goto out;
+    c->orig = json_deep_copy(c->canon);
+    use_step(c, 0, 0);
     c->stream = json_is_true(json_object_get(c->canon, "stream"));
     c->want_usage =
         json_is_true(json_object_get(json_object_get(c->canon, "stream_options"), "include_usage"));
-    if (gw->cfg->log_prompts)
-        r->prompt = prompt_text(c->canon);
-    snprintf(c->task, sizeof(c->task), "%s", r->task_header ? r->task_header : "chat");
 
-    if (!prepare_images(c, &ocr, &ocr_len, &n_ocr))
+    if (c->chain.step[0].review) {
+        c->prov = NULL; /* nothing to prepare for: the review step prepares its own */
+    } else if (!prepare_images(c, NULL, &ocr, &ocr_len, &n_ocr)) {
         goto out;
+    }
 
     /* The cache: exact, then near-duplicate where the task allows; then coalescing. */
     r->cache_result = "off";
     c->cache_hdr = "off";
-    if (gw->cache) {
+    if (gw->cache && c->prov) {
         bool bypass = (r->cache_control && strstr(r->cache_control, "no-cache")) ||
                       (r->cache_header && strcmp(r->cache_header, "bypass") == 0);
         json_t *rf = json_object_get(c->canon, "response_format");
@@ -1601,17 +2338,13 @@ void ap__chat_run(struct ap__req *r, json_t *canon)
         }
     }
 
-    /* The first step whose breaker lets it through; open ones are skipped at once. */
-    if (!first_healthy_step(c)) {
-        no_healthy_step(c);
+    /* Two-stage: a cheap look at a thumbnail first; the full run only when it is worth it. */
+    if (classify_start(c)) {
+        c = NULL;
         goto out;
     }
-    if (c->step > 0 && !reprepare(c, &ocr, &ocr_len, &n_ocr)) {
-        flight_finish(c, NULL, r->status, r->error);
-        goto out;
-    }
-    step_run(c, ocr, ocr_len, n_ocr);
-    c = NULL; /* step_run owns it */
+    chain_start(c, ocr, ocr_len, n_ocr);
+    c = NULL; /* chain_start owns it */
 out:
     for (size_t i = 0; i < n_ocr; i++)
         free(ocr[i]);

@@ -304,22 +304,8 @@ void ap__api_models(struct ap__req *r)
 void ap__api_admin_cache(struct ap__req *r)
 {
     struct ap_gateway *gw = r->gw;
-    if (gw->admin_key_sha256[0] == '\0') {
-        ap__req_error(r, 403, "forbidden", NULL, "admin endpoints are off: set APERTURE_ADMIN_KEY");
+    if (!ap__req_admin(r))
         return;
-    }
-    const char *authz = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Authorization");
-    const char *cred = authz && strncasecmp(authz, "Bearer ", 7) == 0
-                           ? authz + 7
-                           : MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "x-api-key");
-    uint8_t d[32];
-    char hex[65] = "";
-    if (cred && ap_sha256((const uint8_t *)cred, strlen(cred), d, NULL) == AP_OK)
-        ap_sha256_hex(d, hex);
-    if (CRYPTO_memcmp(hex, gw->admin_key_sha256, 64) != 0 || hex[0] == '\0') {
-        ap__req_error(r, 401, "authentication_error", NULL, "missing or invalid admin key");
-        return;
-    }
     if (gw->cache == NULL) {
         ap__req_error(r, 404, "not_found", NULL, "the cache is off");
         return;

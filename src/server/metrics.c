@@ -48,6 +48,17 @@ static const struct family_def {
      0},
     {"aperture_fallbacks_total", COUNTER, "Fallbacks from one chain step to the next.", 0, 0},
     {"aperture_breaker_state", GAUGE, "Circuit breaker: 0 closed, 1 open, 2 half-open.", 0, 0},
+    {"aperture_ratelimit_queue_depth", GAUGE, "Requests waiting for a provider's rate limits.", 0,
+     0},
+    {"aperture_provider_inflight", GAUGE, "Upstream calls in flight per rate-limited provider.", 0,
+     0},
+    {"aperture_ratelimit_refused_total", COUNTER,
+     "Attempts refused by a provider's limits (queue full or waited too long).", 0, 0},
+    {"aperture_route_total", COUNTER, "Requests by the routing rule that decided them.", 0, 0},
+    {"aperture_two_stage_total", COUNTER, "Two-stage classifications, by class and full run.", 0,
+     0},
+    {"aperture_review_items_total", COUNTER, "Requests stored for human review.", 0, 0},
+    {"aperture_review_resolved_total", COUNTER, "Review items resolved or rejected.", 0, 0},
 };
 #define N_FAMILIES (sizeof(defs) / sizeof(defs[0]))
 

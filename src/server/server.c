@@ -51,6 +51,8 @@ void ap__req_unref(struct ap__req *r)
     free(r->cache_control);
     free(r->cache_header);
     free(r->cache_ttl_header);
+    free(r->data_class);
+    free(r->url);
     pthread_mutex_destroy(&r->mu);
     free(r);
 }
@@ -124,8 +126,8 @@ void ap__req_error(struct ap__req *r, unsigned status, const char *type, const c
         j = json_pack("{s:s, s:{s:s, s:s}}", "type", "error", "error", "type", type, "message",
                       msg);
     } else if (r->dialect == AP__DIALECT_OPENAI) {
-        j = json_pack("{s:{s:s, s:s, s:s?, s:s?}}", "error", "message", msg, "type", type,
-                      "param", param, "code", (const char *)NULL);
+        j = json_pack("{s:{s:s, s:s, s:s?, s:s?}}", "error", "message", msg, "type", type, "param",
+                      param, "code", (const char *)NULL);
     } else {
         j = json_pack("{s:{s:s, s:s, s:s?}}", "error", "code", type, "message", msg, "param",
                       param);
@@ -236,7 +238,7 @@ void ap__req_log(struct ap__req *r)
     struct ap_gateway *gw = r->gw;
     double total = ap__now_ms() - r->t_start;
     const char *lab[] = {"endpoint", r->endpoint, "model", r->model[0] ? r->model : "-",
-                         "status", NULL, NULL};
+                         "status",   NULL,        NULL};
     char st[8];
     snprintf(st, sizeof(st), "%u", r->status);
     lab[5] = st;
@@ -271,8 +273,8 @@ void ap__req_log(struct ap__req *r)
         "images", (int)r->n_img, "image_token_count", (json_int_t)tok, "tokens_saved",
         (json_int_t)saved, "provider", r->provider, "model", r->model, "upstream_ms",
         r->upstream_ms, "total_latency_ms", total, "cost_usd", r->cost_usd, "cache_hit",
-        r->cache_result && strncmp(r->cache_result, "hit", 3) == 0,
-        "extraction_method", r->route_method[0] ? r->route_method : r->provider, "input_tokens",
+        r->cache_result && strncmp(r->cache_result, "hit", 3) == 0, "extraction_method",
+        r->route_method[0] ? r->route_method : r->provider, "input_tokens",
         (json_int_t)r->in_tokens, "output_tokens", (json_int_t)r->out_tokens);
     if (j && r->error[0])
         json_object_set_new(j, "error", json_string(r->error));
@@ -281,6 +283,14 @@ void ap__req_log(struct ap__req *r)
         if (strcmp(r->cache_result, "hit-near") == 0)
             json_object_set_new(j, "hamming_distance", json_integer(r->cache_distance));
     }
+    if (j && r->rule[0])
+        json_object_set_new(j, "route_rule", json_string(r->rule));
+    if (j && r->stage_class[0])
+        json_object_set_new(j, "class", json_string(r->stage_class));
+    if (j && r->review_id[0])
+        json_object_set_new(j, "review_id", json_string(r->review_id));
+    if (j && r->client_name)
+        json_object_set_new(j, "client", json_string(r->client_name));
     if (j && r->prompt) /* set only when the config opts in (log_prompts) */
         json_object_set_new(j, "prompt", json_string(r->prompt));
     char *s = j ? json_dumps(j, JSON_COMPACT | JSON_REAL_PRECISION(12)) : NULL;
@@ -304,18 +314,46 @@ struct ap__bucket {
 };
 
 /* Which configured key does this credential match? Constant-time over every key. */
-static int auth_check(const ap_config *cfg, const char *cred, char out_hex[65])
+/* 1 + the index of the matching client key, or 0. Every key is compared (constant time per
+ * key, and no early exit), so the time taken does not say which prefix matched. */
+static size_t auth_check(const ap_config *cfg, const char *cred, char out_hex[65])
 {
     uint8_t d[32];
     if (ap_sha256((const uint8_t *)cred, strlen(cred), d, NULL) != AP_OK)
         return 0;
     ap_sha256_hex(d, out_hex);
-    int ok = 0;
+    size_t ok = 0;
     for (size_t i = 0; i < cfg->n_client_keys; i++)
         if (strlen(cfg->client_key_sha256[i]) == 64 &&
             CRYPTO_memcmp(cfg->client_key_sha256[i], out_hex, 64) == 0)
-            ok = 1;
+            ok = i + 1;
     return ok;
+}
+
+/* The client key sent with r (bearer token or x-api-key), checked; sets r->client_name. */
+static bool client_auth(struct ap__req *r, char hex[65])
+{
+    const ap_config *cfg = r->gw->cfg;
+    const char *cred = NULL;
+    const char *authz = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Authorization");
+    if (authz && strncasecmp(authz, "Bearer ", 7) == 0)
+        cred = authz + 7;
+    else
+        cred = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "x-api-key");
+    size_t k = cred ? auth_check(cfg, cred, hex) : 0;
+    if (k == 0)
+        return false;
+    r->client_name = cfg->client_key_name ? cfg->client_key_name[k - 1] : NULL;
+    return true;
+}
+
+bool ap__req_client(struct ap__req *r)
+{
+    char hex[65];
+    if (r->gw->cfg->n_client_keys == 0 || client_auth(r, hex))
+        return true;
+    ap__req_error(r, 401, "authentication_error", NULL, "missing or invalid API key");
+    return false;
 }
 
 /* Token bucket per key: returns 0 when allowed, else seconds to wait. */
@@ -358,6 +396,15 @@ static void job(void *arg)
     ap__req_unref(r); /* the job's reference */
 }
 
+static void limiter_gauges(const char *key, size_t queued, int in_flight, void *ctx)
+{
+    struct ap_gateway *gw = ctx;
+    ap__metrics_set(gw->metrics, "aperture_ratelimit_queue_depth",
+                    (const char *[]){"provider", key, NULL}, (double)queued);
+    ap__metrics_set(gw->metrics, "aperture_provider_inflight",
+                    (const char *[]){"provider", key, NULL}, (double)in_flight);
+}
+
 static void handle_metrics(struct ap__req *r)
 {
     size_t len;
@@ -375,6 +422,8 @@ static void handle_metrics(struct ap__req *r)
             ap__cache_backend_state(gw, false, "cache backend unreachable");
         }
     }
+    if (gw->limiter)
+        ap_limiter_foreach(gw->limiter, limiter_gauges, gw);
     char *s = ap__metrics_render(r->gw->metrics, &len);
     ap__req_respond(r, 200, "text/plain; version=0.0.4", s, len, NULL);
 }
@@ -394,15 +443,14 @@ static void handle_ready(struct ap__req *r)
 
 static void handle_not_found(struct ap__req *r)
 {
-    ap__req_error(r, 404, r->dialect == AP__DIALECT_ANTHROPIC ? "not_found_error"
-                                                              : "invalid_request_error",
+    ap__req_error(r, 404,
+                  r->dialect == AP__DIALECT_ANTHROPIC ? "not_found_error" : "invalid_request_error",
                   NULL, "no route for this path");
 }
 
 static void handle_method(struct ap__req *r)
 {
-    ap__req_error(r, 405, "invalid_request_error", NULL, "method not allowed on %s",
-                  r->endpoint);
+    ap__req_error(r, 405, "invalid_request_error", NULL, "method not allowed on %s", r->endpoint);
 }
 
 struct route {
@@ -410,31 +458,42 @@ struct route {
     enum ap__dialect dialect;
     void (*fn)(struct ap__req *);
     bool auth;
-    bool pool; /* CPU work: run on the worker pool; else inline on the event thread */
+    bool pool;   /* CPU work (or store I/O): run on the worker pool; else on the event thread */
+    bool prefix; /* path is a prefix ("/v1/review/" + id) */
 };
 
 static const struct route routes[] = {
-    {"POST", "/v1/chat/completions", "/v1/chat/completions", AP__DIALECT_OPENAI, ap__api_chat, 1,
-     1},
-    {"POST", "/chat/completions", "/v1/chat/completions", AP__DIALECT_OPENAI, ap__api_chat, 1, 1},
-    {"POST", "/v1/messages", "/v1/messages", AP__DIALECT_ANTHROPIC, ap__api_chat, 1, 1},
-    {"POST", "/v1/analyze", "/v1/analyze", AP__DIALECT_NATIVE, ap__api_analyze, 1, 1},
-    {"POST", "/v1/preprocess", "/v1/preprocess", AP__DIALECT_NATIVE, ap__api_preprocess, 1, 1},
-    {"GET", "/v1/models", "/v1/models", AP__DIALECT_OPENAI, ap__api_models, 1, 0},
-    {"GET", "/models", "/v1/models", AP__DIALECT_OPENAI, ap__api_models, 1, 0},
-    {"GET", "/v1/admin/cache", "/v1/admin/cache", AP__DIALECT_NATIVE, ap__api_admin_cache, 0, 1},
-    {"DELETE", "/v1/admin/cache", "/v1/admin/cache", AP__DIALECT_NATIVE, ap__api_admin_cache, 0,
-     1},
-    {"GET", "/metrics", "/metrics", AP__DIALECT_NATIVE, handle_metrics, 0, 0},
-    {"GET", "/healthz", "/healthz", AP__DIALECT_NATIVE, handle_health, 0, 0},
-    {"GET", "/readyz", "/readyz", AP__DIALECT_NATIVE, handle_ready, 0, 0},
+    {"POST", "/v1/chat/completions", "/v1/chat/completions", AP__DIALECT_OPENAI, ap__api_chat, 1, 1,
+     0},
+    {"POST", "/chat/completions", "/v1/chat/completions", AP__DIALECT_OPENAI, ap__api_chat, 1, 1,
+     0},
+    {"POST", "/v1/messages", "/v1/messages", AP__DIALECT_ANTHROPIC, ap__api_chat, 1, 1, 0},
+    {"POST", "/v1/analyze", "/v1/analyze", AP__DIALECT_NATIVE, ap__api_analyze, 1, 1, 0},
+    {"POST", "/v1/preprocess", "/v1/preprocess", AP__DIALECT_NATIVE, ap__api_preprocess, 1, 1, 0},
+    {"GET", "/v1/models", "/v1/models", AP__DIALECT_OPENAI, ap__api_models, 1, 0, 0},
+    {"GET", "/models", "/v1/models", AP__DIALECT_OPENAI, ap__api_models, 1, 0, 0},
+    {"GET", "/v1/admin/cache", "/v1/admin/cache", AP__DIALECT_NATIVE, ap__api_admin_cache, 0, 1, 0},
+    {"DELETE", "/v1/admin/cache", "/v1/admin/cache", AP__DIALECT_NATIVE, ap__api_admin_cache, 0, 1,
+     0},
+    {"GET", "/v1/admin/breakers", "/v1/admin/breakers", AP__DIALECT_NATIVE, ap__api_admin_breakers,
+     0, 0, 0},
+    /* Review items: a client reads its own by id (the id is unguessable); listing and resolving
+     * take the admin key (checked in the handler). */
+    {"GET", "/v1/review", "/v1/review", AP__DIALECT_NATIVE, ap__api_review, 0, 1, 0},
+    {"GET", "/v1/review/", "/v1/review/{id}", AP__DIALECT_NATIVE, ap__api_review, 0, 1, 1},
+    {"POST", "/v1/review/", "/v1/review/{id}", AP__DIALECT_NATIVE, ap__api_review, 0, 1, 1},
+    {"GET", "/metrics", "/metrics", AP__DIALECT_NATIVE, handle_metrics, 0, 0, 0},
+    {"GET", "/healthz", "/healthz", AP__DIALECT_NATIVE, handle_health, 0, 0, 0},
+    {"GET", "/readyz", "/readyz", AP__DIALECT_NATIVE, handle_ready, 0, 0, 0},
 };
 
 static const struct route *find_route(const char *method, const char *url, bool *wrong_method)
 {
     *wrong_method = false;
     for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
-        if (strcmp(url, routes[i].path) != 0)
+        size_t pl = strlen(routes[i].path);
+        if (routes[i].prefix ? strncmp(url, routes[i].path, pl) != 0 || url[pl] == '\0'
+                             : strcmp(url, routes[i].path) != 0)
             continue;
         if (strcmp(method, routes[i].method) == 0)
             return &routes[i];
@@ -508,8 +567,8 @@ static enum MHD_Result queue(struct ap__req *r, struct MHD_Connection *c)
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
-                                  const char *method, const char *version,
-                                  const char *upload_data, size_t *upload_size, void **con_cls)
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_size, void **con_cls)
 {
     struct ap_gateway *gw = cls;
     struct ap__req *r = *con_cls;
@@ -537,6 +596,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         r->query_format = dup_header(c, MHD_GET_ARGUMENT_KIND, "format");
         r->query_response = dup_header(c, MHD_GET_ARGUMENT_KIND, "response");
         r->is_delete = strcmp(method, "DELETE") == 0;
+        r->is_post = strcmp(method, "POST") == 0;
+        r->url = strdup(url);
+        r->data_class = dup_header(c, MHD_HEADER_KIND, "x-aperture-data-class");
         r->cache_control = dup_header(c, MHD_HEADER_KIND, "Cache-Control");
         r->cache_header = dup_header(c, MHD_HEADER_KIND, "x-aperture-cache");
         r->cache_ttl_header = dup_header(c, MHD_HEADER_KIND, "x-aperture-cache-ttl");
@@ -547,14 +609,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 
         /* Auth before reading a byte of the body. */
         if (rt && rt->auth && gw->cfg->n_client_keys > 0) {
-            const char *cred = NULL;
-            const char *authz = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
-            if (authz && strncasecmp(authz, "Bearer ", 7) == 0)
-                cred = authz + 7;
-            else
-                cred = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "x-api-key");
             char hex[65];
-            if (cred == NULL || !auth_check(gw->cfg, cred, hex)) {
+            if (!client_auth(r, hex)) {
                 ap__req_error(r, 401,
                               r->dialect == AP__DIALECT_ANTHROPIC ? "authentication_error"
                                                                   : "invalid_request_error",
@@ -571,8 +627,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
                 return queue(r, c);
             }
         }
-        const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
-                                                     MHD_HTTP_HEADER_CONTENT_LENGTH);
+        const char *cl =
+            MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
         unsigned long long clen = cl ? strtoull(cl, NULL, 10) : 0;
         /* Over the cap: read and discard the body, then answer 413. Answering at once would
          * close the connection under a client still uploading, and most HTTP clients then
@@ -752,6 +808,75 @@ static void open_cache(struct ap_gateway *gw)
     ap__metrics_set(gw->metrics, "aperture_cache_backend_up", NULL, 1);
 }
 
+/* A breaker changed state here: metric, a log line, and the other gateways (when shared). */
+static void breaker_changed(void *ctx, const char *dep, ap_breaker_state from, ap_breaker_state to,
+                            int64_t now_ms)
+{
+    struct ap_gateway *gw = ctx;
+    (void)now_ms;
+    ap__metrics_set(gw->metrics, "aperture_breaker_state",
+                    (const char *[]){"deployment", dep, NULL}, (double)to);
+    ap_breaker_sync *sync = atomic_load(&gw->breaker_sync);
+    if (sync && to != AP_BREAKER_HALF_OPEN) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        int64_t unix_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+        ap_breaker_sync_publish(sync, dep, to, unix_ms + gw->cfg->breaker.cooldown_ms);
+    }
+    if (gw->log_off)
+        return;
+    json_t *j = json_pack("{s:s, s:s, s:s, s:s}", "event", "breaker", "deployment", dep, "from",
+                          ap_breaker_state_name(from), "to", ap_breaker_state_name(to));
+    char *line = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    json_decref(j);
+    if (line) {
+        pthread_mutex_lock(&gw->log_mu);
+        fprintf(gw->log, "%s\n", line);
+        fflush(gw->log);
+        pthread_mutex_unlock(&gw->log_mu);
+        free(line);
+    }
+}
+
+/*
+ * The review queue, the limiter and breaker sharing. The review store is the config's
+ * review_url, else the cache's Redis when the cache is on Redis (several gateways, one queue),
+ * else a SQLite file beside the cache's. Breaker state is shared through
+ * APERTURE_BREAKER_SYNC_URL, else the cache's Redis; "off" keeps it local.
+ */
+static void open_resilience(struct ap_gateway *gw)
+{
+    const char *cache_url = getenv("APERTURE_CACHE_URL");
+    bool cache_redis = cache_url && strncmp(cache_url, "redis://", 8) == 0;
+    const char *rv = gw->cfg->review_url ? gw->cfg->review_url
+                     : cache_redis       ? cache_url
+                                         : "sqlite://aperture-review.db";
+    ap_error err = {0};
+    if (ap_review_open(rv, &gw->review, &err) != AP_OK) {
+        gw->review = NULL;
+        snprintf(gw->review_err, sizeof(gw->review_err), "review store unavailable: %.120s", err.msg);
+        json_t *j = json_pack("{s:s, s:s}", "event", "review_disabled", "message", err.msg);
+        char *line = j ? json_dumps(j, JSON_COMPACT) : NULL;
+        json_decref(j);
+        if (line) {
+            fprintf(gw->log, "%s\n", line);
+            free(line);
+        }
+    }
+    if (ap_limiter_new(&gw->limiter, &err) != AP_OK)
+        gw->limiter = NULL; /* no limits rather than no gateway; only ENOMEM gets here */
+    const char *bs = getenv("APERTURE_BREAKER_SYNC_URL");
+    if (bs == NULL || *bs == '\0')
+        bs = cache_redis ? cache_url : NULL;
+    if (bs && strcmp(bs, "off") != 0) {
+        ap_breaker_sync *sync = NULL;
+        if (ap_breaker_sync_start(gw->breakers, bs, NULL, NULL, &sync, &err) == AP_OK) {
+            snprintf(gw->breaker_sync_url, sizeof(gw->breaker_sync_url), "%s", bs);
+            atomic_store(&gw->breaker_sync, sync);
+        }
+    }
+}
+
 static bool is_loopback(const struct sockaddr_storage *ss)
 {
     if (ss->ss_family == AF_INET)
@@ -841,26 +966,35 @@ ap_status ap_gateway_start(const ap_config *cfg, ap_gateway **out, ap_error *err
     gw->metrics = ap__metrics_new();
     pthread_mutex_init(&gw->flight_mu, NULL);
     open_cache(gw);
-    if (ap_breaker_set_new(&cfg->breaker, &gw->breakers, err) != AP_OK) {
+    ap_breaker_opts bo = cfg->breaker;
+    bo.on_change = breaker_changed;
+    bo.on_change_ctx = gw;
+    if (ap_breaker_set_new(&bo, &gw->breakers, err) != AP_OK) {
         ap_cache_close(gw->cache);
         ap__metrics_free(gw->metrics);
         free(gw);
         return AP_EINVAL;
     }
+    open_resilience(gw);
     gw->pool = ap__pool_new(cfg->workers);
     gw->http = ap__http_new();
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
                      MHD_USE_ERROR_LOG;
     if (ss.ss_family == AF_INET6)
         flags |= MHD_USE_IPv6;
-    gw->mhd = MHD_start_daemon(flags, 0, NULL, NULL, on_request, gw, MHD_OPTION_SOCK_ADDR, &ss,
-                               MHD_OPTION_NOTIFY_COMPLETED, on_completed, gw,
-                               MHD_OPTION_CONNECTION_LIMIT, (unsigned)20000,
-                               MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)900,
-                               MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)4096, MHD_OPTION_END);
+    gw->mhd =
+        MHD_start_daemon(flags, 0, NULL, NULL, on_request, gw, MHD_OPTION_SOCK_ADDR, &ss,
+                         MHD_OPTION_NOTIFY_COMPLETED, on_completed, gw, MHD_OPTION_CONNECTION_LIMIT,
+                         (unsigned)20000, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)900,
+                         MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)4096, MHD_OPTION_END);
     if (gw->mhd == NULL) {
         ap__http_free(gw->http);
         ap__pool_free(gw->pool);
+        ap_breaker_sync_stop(atomic_load(&gw->breaker_sync));
+        ap_limiter_free(gw->limiter);
+        ap_review_close(gw->review);
+        ap_breaker_set_free(gw->breakers);
+        ap_cache_close(gw->cache);
         ap__metrics_free(gw->metrics);
         if (gw->own_log)
             fclose(gw->log);
@@ -892,7 +1026,10 @@ void ap_gateway_stop(ap_gateway *gw, long deadline_ms)
         struct timespec ts = {0, 20 * 1000 * 1000};
         nanosleep(&ts, NULL);
     }
-    /* Abort upstream calls still running: their callbacks answer 502/504 and resume. */
+    /* Requests still queued for a rate-limit slot are refused (their callbacks answer at once,
+     * and no slot is granted from here on); then abort upstream calls still running: their
+     * callbacks answer 502/504 and resume, and give their slots back to the closed limiter. */
+    ap_limiter_close(gw->limiter);
     ap__http_free(gw->http);
     gw->http = NULL;
     ap__pool_free(gw->pool);
@@ -905,6 +1042,9 @@ void ap_gateway_stop(ap_gateway *gw, long deadline_ms)
     }
     MHD_stop_daemon(gw->mhd);
     ap_cache_close(gw->cache);
+    ap_breaker_sync_stop(atomic_exchange(&gw->breaker_sync, NULL));
+    ap_review_close(gw->review);
+    ap_limiter_free(gw->limiter);
     ap_breaker_set_free(gw->breakers);
     pthread_mutex_destroy(&gw->flight_mu);
     ap__metrics_free(gw->metrics);

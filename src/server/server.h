@@ -25,6 +25,8 @@
 #include "aperture/cache.h"
 #include "aperture/config.h"
 #include "aperture/resilience.h"
+#include "aperture/limiter.h"
+#include "aperture/review.h"
 #include "aperture/prep.h"
 #include "aperture/gateway.h"
 #include "core/pool.h"
@@ -58,6 +60,11 @@ struct ap_gateway {
     struct ap__flight *flights;
     double cache_logged_down; /* last time "cache unreachable" was logged (ms) */
     ap_breaker_set *breakers; /* one circuit breaker per provider deployment */
+    _Atomic(ap_breaker_sync *) breaker_sync; /* NULL: breakers are this instance's alone */
+    char breaker_sync_url[256];
+    ap_limiter *limiter;      /* per-provider concurrency and rate limits */
+    ap_review_store *review;  /* the human review queue (NULL: could not open; see review_err) */
+    char review_err[160];
 };
 
 /* Facts about one image, for headers, the log line and /v1/analyze. */
@@ -100,7 +107,7 @@ struct ap__req {
     char *sbuf;
     size_t slen, scap, soff;
     /* For the log line and headers. */
-    char model[128], provider[64], route_method[32];
+    char model[128], provider[64], route_method[AP_DEPLOYMENT_MAX];
     struct ap__img_facts img[8];
     size_t n_img;
     double prep_ms, upstream_ms;
@@ -113,6 +120,14 @@ struct ap__req {
     int cache_distance;
     char *cache_control, *cache_header, *cache_ttl_header;
     bool is_delete;
+    bool is_post;
+    char *url;                /* the request path */
+    char *data_class;         /* x-aperture-data-class */
+    const char *client_name;  /* the client key's name (config-owned), NULL without auth */
+    /* Routing facts for the log line. */
+    char rule[64];            /* the routing rule that decided, "" = none */
+    char stage_class[48];     /* two-stage: the class the classifier gave */
+    char review_id[AP_REVIEW_ID_MAX];
 };
 
 void ap__req_ref(struct ap__req *r);
@@ -141,6 +156,16 @@ void ap__req_log(struct ap__req *r);
 /* The shared model-call path: canonical request (reference stolen) -> images -> provider ->
  * answer in r's dialect (native: the /v1/analyze shape). */
 void ap__chat_run(struct ap__req *r, json_t *canon);
+
+/* Review queue and breaker admin endpoints (api_review.c). */
+void ap__api_review(struct ap__req *r);
+void ap__api_admin_breakers(struct ap__req *r);
+/* The admin key check shared by admin endpoints: true when it passed; otherwise the request has
+ * been answered (403 admin off / 401). */
+bool ap__req_admin(struct ap__req *r);
+/* The client-key check for endpoints whose route has no auth flag: true when it passed (or no
+ * keys are configured); otherwise answered 401. */
+bool ap__req_client(struct ap__req *r);
 
 /* Image helpers shared by the endpoints (api_chat.c). */
 ap_status ap__image_load(struct ap__req *r, const char *ref, uint8_t **buf, size_t *len,
