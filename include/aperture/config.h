@@ -244,7 +244,8 @@ AP_API void ap_config_free(ap_config *cfg);
  * (gpt-*, o1*, o3*, o4*, chatgpt-* -> the first enabled provider of type openai, declared ones
  * before the zero-config one; claude-* -> anthropic; gemini-* -> gemini; "local" -> local).
  * *model (may be NULL) is set to the configured model or NULL when routed by prefix; *prov
- * (may be NULL) to the provider; both only on success. AP_ENOTFOUND when nothing routes (the
+ * (may be NULL) to the provider (for a model with several deployments, the first enabled
+ * one's); both only on success. AP_ENOTFOUND when nothing routes (the
  * message lists what would) or the provider is not enabled (the message names the key variable
  * that would enable it); AP_EINVAL for a NULL or empty name. Messages are safe to show clients.
  */
@@ -311,8 +312,11 @@ AP_API AP_NODISCARD ap_status ap_config_chain(const ap_config *cfg, const char *
 /*
  * A chain from an explicit list of model names (a route rule's models), resolved like
  * ap_config_chain()'s fallbacks: repeats and disabled providers left out, "review" allowed
- * (last). The first model's own fallbacks are not added: the list is the whole chain.
- * AP_ENOTFOUND when a name does not route or nothing is left.
+ * (last). The first model's own fallbacks are not added: the list is the whole chain;
+ * fallbacks_from is NULL. AP_ENOTFOUND when a name does not route or nothing is left (the
+ * message says why the first unavailable model is); AP_EINVAL for no names (n == 0), an empty
+ * name, more than AP_CHAIN_MAX names or "review" before the last. *out is written only on
+ * success.
  */
 AP_API AP_NODISCARD ap_status ap_config_chain_list(const ap_config *cfg,
                                                    const char *const *models, size_t n,

@@ -19,8 +19,8 @@
  * Threading: one ap_limiter may be shared by any number of threads; one mutex guards it. The
  * limiter owns one thread that wakes for queue deadlines and bucket refills and runs the
  * callbacks of queued requests (never under the mutex, so a callback may call back in).
- * Decisions take the time from CLOCK_MONOTONIC; the _at variants take it from the caller for
- * tests.
+ * Decisions take the time from CLOCK_MONOTONIC; the _at variants (internal:
+ * src/resilience/limiter_int.h) take it from the caller, for tests.
  */
 #ifndef APERTURE_LIMITER_H
 #define APERTURE_LIMITER_H
@@ -46,7 +46,8 @@ typedef struct ap_limit_opts {
 /*
  * A queued request's outcome, called exactly once on the limiter's thread: rc AP_OK = granted
  * (release it later), AP_ETIMEOUT = waited queue_timeout_ms, AP_ERATELIMIT = the limiter is
- * being freed (or the key's limits were lowered to a queue of 0). Not called for requests
+ * being freed (or the key's queue_max was lowered below the number waiting: the newest are
+ * refused). Waiters that fit under raised limits are granted. Not called for requests
  * answered at once by ap_limiter_acquire().
  */
 typedef void (*ap_limiter_cb)(void *ctx, ap_status rc);
@@ -77,8 +78,10 @@ AP_API void ap_limiter_close(ap_limiter *lim);
  *   AP_ERATELIMIT  the queue is full (or queue_max is 0 and a limit has no room): refused,
  *                  *retry_after_ms (may be NULL) = an estimate of when room appears, >= 1.
  *   AP_EBUSY       queued: cb(ctx, ...) will be called once, later, on the limiter's thread.
- *   AP_EINVAL      bad arguments (NULL key or cb, negative values).
+ *   AP_EINVAL      bad arguments (NULL key or cb, negative or non-finite values, queue_max > 0
+ *                  with queue_timeout_ms 0).
  * With all limits 0 the answer is always AP_OK (nothing is tracked but in-flight counts).
+ * Keys past the first 1024, or longer than 255 bytes, are granted untracked (bounded memory).
  */
 AP_API ap_status ap_limiter_acquire(ap_limiter *lim, const char *key, const ap_limit_opts *o,
                                     double tokens, ap_limiter_cb cb, void *ctx,

@@ -40,6 +40,10 @@
 #define DEFAULT_LISTEN             "127.0.0.1:8080"
 #define DEFAULT_CONNECT_TIMEOUT_MS 10000L
 #define DEFAULT_TIMEOUT_MS         600000L
+#define DEFAULT_QUEUE              100
+#define DEFAULT_QUEUE_TIMEOUT_MS   30000L
+/* Limits' counts above this are typing mistakes, not capacities. */
+#define LIMIT_COUNT_MAX 1000000u
 
 /* ---- the settings table ----------------------------------------------------------------- */
 
@@ -61,6 +65,7 @@ enum kind {
     K_HOSTS,    /* char ** of host names + size_t count */
     K_STATUSES, /* int[AP_RETRY_MAX_STATUS] of HTTP statuses in [min, max] + size_t count */
     K_FRACTION, /* double in [0, 1] */
+    K_STORE,    /* char *, a store URL: sqlite://PATH or redis://HOST... (not quoted back) */
 };
 
 static bool is_list(enum kind k)
@@ -76,6 +81,10 @@ struct setting {
     size_t off_n;      /* lists: the count field */
     uint64_t min, max; /* integers: inclusive range; max 0 = the field type's limit */
 };
+
+/* Most fields a task may require, keywords, classes and clients a route may list. */
+#define TASK_MAX_REQUIRED 64
+#define ROUTE_MAX_LIST    64
 
 /* Durations in the retry and breaker sections: at most a day, so sums of them never overflow. */
 #define MS_MAX 86400000u
@@ -106,6 +115,7 @@ static const struct setting settings[] = {
     {"fetch_max_bytes", K_SIZE, AT(fetch_max_bytes), 0, 1, 0},
     {"log_file", K_STR, AT(log_file), 0, 0, 0},
     {"log_prompts", K_BOOL, AT(log_prompts), 0, 0, 0},
+    {"review_url", K_STORE, AT(review_url), 0, 0, 0},
     {"retry.max_attempts", K_INT, AT(retry.max_attempts), 0, 1, 100},
     {"retry.base_ms", K_LONG, AT(retry.base_ms), 0, 0, MS_MAX},
     {"retry.cap_ms", K_LONG, AT(retry.cap_ms), 0, 0, MS_MAX},
@@ -122,7 +132,7 @@ static const struct setting settings[] = {
     {"breaker.cooldown_ms", K_LONG, AT(breaker.cooldown_ms), 0, 1, MS_MAX},
     {"breaker.half_open_probes", K_INT, AT(breaker.half_open_probes), 0, 1, 1000},
 };
-#define N_SETTINGS 39
+#define N_SETTINGS 40
 _Static_assert(sizeof(settings) / sizeof(settings[0]) == N_SETTINGS, "N_SETTINGS");
 
 /* The mappings under the top level that hold dotted settings ("retry.base_ms"). */
@@ -224,19 +234,51 @@ const char *ap_provider_default_target(ap_provider_type t)
 struct raw_patch {
     char *patch_px, *max_pixels, *tokens_per_patch, *extra_tokens;
 };
+struct raw_limits {
+    char *max_in_flight, *rpm, *tpm, *queue, *queue_timeout_ms;
+};
 struct raw_provider {
-    char *name, *type, *base_url, *api_key_env, *connect_timeout_ms, *timeout_ms;
+    char *name, *type, *base_url, *api_key_env, *connect_timeout_ms, *timeout_ms, *self_hosted;
+    struct raw_limits *limits;
+};
+struct raw_deployment {
+    char *provider, *upstream, *weight;
 };
 struct raw_model {
     char *name, *provider, *upstream, *usd_per_mtok_in, *usd_per_mtok_out, *token_model, *target;
     struct raw_patch *token_patch;
     char **fallbacks;
     unsigned fallbacks_count;
+    struct raw_deployment *deployments;
+    unsigned deployments_count;
 };
 struct raw_task {
-    char *name, *model, *prompt, *prompt_version;
+    char *name, *model, *prompt, *prompt_version, *json;
     char **fallbacks;
     unsigned fallbacks_count;
+    char **required;
+    unsigned required_count;
+};
+struct raw_client {
+    char *name, *key_sha256;
+};
+struct raw_two_stage {
+    char *model, *target, *prompt;
+    char **classes;
+    unsigned classes_count;
+    char **valuable;
+    unsigned valuable_count;
+};
+struct raw_route {
+    char *name, *task, *model, *data_class;
+    char *min_pixels, *max_pixels, *min_bytes, *max_bytes, *min_images, *max_images;
+    char **keywords;
+    unsigned keywords_count;
+    char **clients;
+    unsigned clients_count;
+    char **models;
+    unsigned models_count;
+    struct raw_two_stage *two_stage;
 };
 /* Settings' values by settings[] index: the top level's, and each section's (same layout). */
 struct raw_values {
@@ -253,6 +295,10 @@ struct raw_top {
     unsigned models_count;
     struct raw_task *tasks;
     unsigned tasks_count;
+    struct raw_client *clients;
+    unsigned clients_count;
+    struct raw_route *routes;
+    unsigned routes_count;
 };
 
 /* `key: ~` and `key:` count as not set. Required keys must be present; empty is checked later. */
@@ -272,6 +318,23 @@ static const cyaml_schema_field_t patch_fields[] = {
     CYAML_FIELD_END,
 };
 
+/* A list of plain values (model names, field names, keywords) as an optional field. */
+#define STRS(key, st, m)                                                                           \
+    CYAML_FIELD_SEQUENCE(key, CYAML_FLAG_OPTIONAL | CYAML_FLAG_POINTER, st, m, &str_entry, 0,      \
+                         CYAML_UNLIMITED)
+/* An optional mapping; `key: ~` counts as absent. */
+#define SUBMAP(key, st, m, fields)                                                                 \
+    CYAML_FIELD_MAPPING_PTR(key, CYAML_FLAG_OPTIONAL | CYAML_FLAG_POINTER_NULL_STR, st, m, fields)
+
+static const cyaml_schema_field_t limits_fields[] = {
+    STR("max_in_flight", OPT, struct raw_limits, max_in_flight),
+    STR("rpm", OPT, struct raw_limits, rpm),
+    STR("tpm", OPT, struct raw_limits, tpm),
+    STR("queue", OPT, struct raw_limits, queue),
+    STR("queue_timeout_ms", OPT, struct raw_limits, queue_timeout_ms),
+    CYAML_FIELD_END,
+};
+
 static const cyaml_schema_field_t provider_fields[] = {
     STR("name", REQ, struct raw_provider, name),
     STR("type", REQ, struct raw_provider, type),
@@ -279,15 +342,28 @@ static const cyaml_schema_field_t provider_fields[] = {
     STR("api_key_env", OPT, struct raw_provider, api_key_env),
     STR("connect_timeout_ms", OPT, struct raw_provider, connect_timeout_ms),
     STR("timeout_ms", OPT, struct raw_provider, timeout_ms),
+    STR("self_hosted", OPT, struct raw_provider, self_hosted),
+    SUBMAP("limits", struct raw_provider, limits, limits_fields),
     CYAML_FIELD_END,
 };
 static const cyaml_schema_value_t provider_entry = {
     CYAML_VALUE_MAPPING(CYAML_FLAG_DEFAULT, struct raw_provider, provider_fields),
 };
 
+static const cyaml_schema_field_t deployment_fields[] = {
+    STR("provider", REQ, struct raw_deployment, provider),
+    STR("upstream", OPT, struct raw_deployment, upstream),
+    STR("weight", OPT, struct raw_deployment, weight),
+    CYAML_FIELD_END,
+};
+static const cyaml_schema_value_t deployment_entry = {
+    CYAML_VALUE_MAPPING(CYAML_FLAG_DEFAULT, struct raw_deployment, deployment_fields),
+};
+
 static const cyaml_schema_field_t model_fields[] = {
     STR("name", REQ, struct raw_model, name),
-    STR("provider", REQ, struct raw_model, provider),
+    /* Required unless deployments are listed: load_model() says so. */
+    STR("provider", OPT, struct raw_model, provider),
     STR("upstream", OPT, struct raw_model, upstream),
     STR("usd_per_mtok_in", OPT, struct raw_model, usd_per_mtok_in),
     STR("usd_per_mtok_out", OPT, struct raw_model, usd_per_mtok_out),
@@ -295,8 +371,9 @@ static const cyaml_schema_field_t model_fields[] = {
     CYAML_FIELD_MAPPING_PTR("token_patch", CYAML_FLAG_OPTIONAL | CYAML_FLAG_POINTER,
                             struct raw_model, token_patch, patch_fields),
     STR("target", OPT, struct raw_model, target),
-    CYAML_FIELD_SEQUENCE("fallbacks", CYAML_FLAG_OPTIONAL | CYAML_FLAG_POINTER, struct raw_model,
-                         fallbacks, &str_entry, 0, CYAML_UNLIMITED),
+    STRS("fallbacks", struct raw_model, fallbacks),
+    CYAML_FIELD_SEQUENCE("deployments", CYAML_FLAG_OPTIONAL | CYAML_FLAG_POINTER, struct raw_model,
+                         deployments, &deployment_entry, 0, CYAML_UNLIMITED),
     CYAML_FIELD_END,
 };
 static const cyaml_schema_value_t model_entry = {
@@ -308,19 +385,59 @@ static const cyaml_schema_field_t task_fields[] = {
     STR("model", OPT, struct raw_task, model),
     STR("prompt", REQ, struct raw_task, prompt),
     STR("prompt_version", OPT, struct raw_task, prompt_version),
-    CYAML_FIELD_SEQUENCE("fallbacks", CYAML_FLAG_OPTIONAL | CYAML_FLAG_POINTER, struct raw_task,
-                         fallbacks, &str_entry, 0, CYAML_UNLIMITED),
+    STRS("fallbacks", struct raw_task, fallbacks),
+    STR("json", OPT, struct raw_task, json),
+    STRS("required", struct raw_task, required),
     CYAML_FIELD_END,
 };
 static const cyaml_schema_value_t task_entry = {
     CYAML_VALUE_MAPPING(CYAML_FLAG_DEFAULT, struct raw_task, task_fields),
 };
 
+static const cyaml_schema_field_t client_fields[] = {
+    STR("name", REQ, struct raw_client, name),
+    STR("key_sha256", REQ, struct raw_client, key_sha256),
+    CYAML_FIELD_END,
+};
+static const cyaml_schema_value_t client_entry = {
+    CYAML_VALUE_MAPPING(CYAML_FLAG_DEFAULT, struct raw_client, client_fields),
+};
+
+static const cyaml_schema_field_t two_stage_fields[] = {
+    STR("model", REQ, struct raw_two_stage, model),
+    STR("target", OPT, struct raw_two_stage, target),
+    STR("prompt", OPT, struct raw_two_stage, prompt),
+    STRS("classes", struct raw_two_stage, classes),
+    STRS("valuable", struct raw_two_stage, valuable),
+    CYAML_FIELD_END,
+};
+
+static const cyaml_schema_field_t route_fields[] = {
+    STR("name", REQ, struct raw_route, name),
+    STR("task", OPT, struct raw_route, task),
+    STR("model", OPT, struct raw_route, model),
+    STRS("keywords", struct raw_route, keywords),
+    STR("min_pixels", OPT, struct raw_route, min_pixels),
+    STR("max_pixels", OPT, struct raw_route, max_pixels),
+    STR("min_bytes", OPT, struct raw_route, min_bytes),
+    STR("max_bytes", OPT, struct raw_route, max_bytes),
+    STR("min_images", OPT, struct raw_route, min_images),
+    STR("max_images", OPT, struct raw_route, max_images),
+    STRS("clients", struct raw_route, clients),
+    STR("data_class", OPT, struct raw_route, data_class),
+    STRS("models", struct raw_route, models),
+    SUBMAP("two_stage", struct raw_route, two_stage, two_stage_fields),
+    CYAML_FIELD_END,
+};
+static const cyaml_schema_value_t route_entry = {
+    CYAML_VALUE_MAPPING(CYAML_FLAG_DEFAULT, struct raw_route, route_fields),
+};
+
 _Static_assert(offsetof(struct raw_top, v) == 0, "raw_top.v must come first");
 
 /* The top level and its sections are assembled from settings[] at load time (on the heap). */
 struct schema {
-    cyaml_schema_field_t fields[N_SETTINGS + N_SECTIONS + 4];
+    cyaml_schema_field_t fields[N_SETTINGS + N_SECTIONS + 6];
     cyaml_schema_field_t section_fields[N_SECTIONS][N_SETTINGS + 1];
     cyaml_schema_value_t top;
 };
@@ -376,6 +493,12 @@ static void schema_init(struct schema *s)
     s->fields[k++] = (cyaml_schema_field_t)CYAML_FIELD_SEQUENCE(
         "tasks", CYAML_FLAG_OPTIONAL | CYAML_FLAG_POINTER, struct raw_top, tasks, &task_entry, 0,
         CYAML_UNLIMITED);
+    s->fields[k++] = (cyaml_schema_field_t)CYAML_FIELD_SEQUENCE(
+        "clients", CYAML_FLAG_OPTIONAL | CYAML_FLAG_POINTER, struct raw_top, clients, &client_entry,
+        0, CYAML_UNLIMITED);
+    s->fields[k++] = (cyaml_schema_field_t)CYAML_FIELD_SEQUENCE(
+        "routes", CYAML_FLAG_OPTIONAL | CYAML_FLAG_POINTER, struct raw_top, routes, &route_entry, 0,
+        CYAML_UNLIMITED);
     s->fields[k] = (cyaml_schema_field_t)CYAML_FIELD_END;
     s->top = (cyaml_schema_value_t){
         CYAML_VALUE_MAPPING(CYAML_FLAG_POINTER, struct raw_top, s->fields),
@@ -400,6 +523,10 @@ struct ld {
     /* Per setting: set by the file or a variable, and which variable ("" = the file). */
     bool set[N_SETTINGS];
     char env_of[N_SETTINGS][64];
+    /* clients[] from the file (lowercase hashes), owned here until finish_clients() moves them
+     * behind the plain client_keys_sha256 list, which the environment may still replace. */
+    char **client_names, **client_hashes;
+    size_t n_clients;
 };
 
 AP_PRINTF(3, 4)
@@ -557,6 +684,21 @@ static const char *check_url(const char *s)
         return "has no host";
     for (const char *p = s; *p; p++)
         if ((unsigned char)*p <= ' ')
+            return "must not contain spaces or control characters";
+    return NULL;
+}
+
+/* sqlite://PATH or redis://HOST[:PORT][/DB] as the stores take them; not quoted back (a Redis
+ * URL may carry a password). The stores check the rest when they open. */
+static const char *check_store_url(const char *s)
+{
+    size_t skip = strncmp(s, "sqlite://", 9) == 0 ? 9 : strncmp(s, "redis://", 8) == 0 ? 8 : 0;
+    if (skip == 0)
+        return "expected sqlite://PATH or redis://HOST:PORT/DB";
+    if (s[skip] == '\0')
+        return "has no path or host after the scheme";
+    for (const char *p = s; *p; p++)
+        if ((unsigned char)*p <= ' ' || *p == 0x7f)
             return "must not contain spaces or control characters";
     return NULL;
 }
@@ -744,6 +886,11 @@ static ap_status apply(struct ld *ld, const struct setting *s, const char *text,
     case K_STR:
         set_str(field, text);
         return AP_OK;
+    case K_STORE:
+        if ((why = check_store_url(text)) != NULL)
+            return fail(ld, at, "%s", why);
+        set_str(field, text);
+        return AP_OK;
     case K_SIZE:
     case K_INT:
     case K_LONG:
@@ -860,6 +1007,84 @@ static const ap_provider_conf *find_provider(const ap_config *c, const char *nam
     return NULL;
 }
 
+/* A price or other non-negative number from the file. */
+static ap_status file_real(struct ld *ld, const char *text, const char *path, double *out)
+{
+    struct src at = {path, false};
+    const char *why = parse_real(text, out);
+    return why ? fail(ld, &at, "%s", why) : AP_OK;
+}
+
+/*
+ * The defaults every provider starts from, declared or zero-config. Only servers the operator
+ * runs are trusted with restricted data by default; the hosted APIs never are (load_provider()).
+ */
+static void provider_init(ap_provider_conf *p, const char *name, ap_provider_type type)
+{
+    memset(p, 0, sizeof(*p));
+    p->name = xstrdup(name);
+    p->type = type;
+    p->connect_timeout_ms = DEFAULT_CONNECT_TIMEOUT_MS;
+    p->timeout_ms = DEFAULT_TIMEOUT_MS;
+    p->self_hosted = type == AP_PROVIDER_OPENAI_COMPAT || type == AP_PROVIDER_LOCAL;
+    p->queue_max = DEFAULT_QUEUE;
+    p->queue_timeout_ms = DEFAULT_QUEUE_TIMEOUT_MS;
+}
+
+/* A whole number in [min, max] from the file into *out. */
+static ap_status file_uint(struct ld *ld, const char *text, const char *path, uint64_t min,
+                           uint64_t max, uint64_t *out)
+{
+    uint64_t u;
+    const char *why = parse_uint(text, &u);
+    struct src at = {path, false};
+    if (why != NULL)
+        return fail(ld, &at, "%s", why);
+    if (u < min)
+        return fail(ld, &at, "must be at least %llu", (unsigned long long)min);
+    if (u > max)
+        return fail(ld, &at, "must be at most %llu", (unsigned long long)max);
+    *out = u;
+    return AP_OK;
+}
+
+/* providers[i].limits: every key optional, 0 = no limit (the queue's timeout excepted). */
+static ap_status load_limits(struct ld *ld, size_t i, const struct raw_limits *r,
+                             ap_provider_conf *p)
+{
+    char path[96];
+    uint64_t u;
+    ap_status rc;
+
+    if (r->max_in_flight != NULL) {
+        pathf(path, sizeof(path), "providers[%zu].limits.max_in_flight", i);
+        if ((rc = file_uint(ld, r->max_in_flight, path, 0, LIMIT_COUNT_MAX, &u)) != AP_OK)
+            return rc;
+        p->max_in_flight = (int)u;
+    }
+    if (r->rpm != NULL &&
+        (rc = file_real(ld, r->rpm, pathf(path, sizeof(path), "providers[%zu].limits.rpm", i),
+                        &p->rpm)) != AP_OK)
+        return rc;
+    if (r->tpm != NULL &&
+        (rc = file_real(ld, r->tpm, pathf(path, sizeof(path), "providers[%zu].limits.tpm", i),
+                        &p->tpm)) != AP_OK)
+        return rc;
+    if (r->queue != NULL) {
+        pathf(path, sizeof(path), "providers[%zu].limits.queue", i);
+        if ((rc = file_uint(ld, r->queue, path, 0, LIMIT_COUNT_MAX, &u)) != AP_OK)
+            return rc;
+        p->queue_max = (int)u;
+    }
+    if (r->queue_timeout_ms != NULL) {
+        pathf(path, sizeof(path), "providers[%zu].limits.queue_timeout_ms", i);
+        if ((rc = file_uint(ld, r->queue_timeout_ms, path, 1, MS_MAX, &u)) != AP_OK)
+            return rc;
+        p->queue_timeout_ms = (long)u;
+    }
+    return AP_OK;
+}
+
 /* A positive whole number of milliseconds from the file into *out. */
 static ap_status file_ms(struct ld *ld, const char *text, const char *path, long *out)
 {
@@ -907,11 +1132,7 @@ static ap_status load_provider(struct ld *ld, size_t i, const struct raw_provide
     }
 
     /* The entry is ours from here: anything allocated is freed with the config. */
-    memset(p, 0, sizeof(*p));
-    p->name = xstrdup(r->name);
-    p->type = type;
-    p->connect_timeout_ms = DEFAULT_CONNECT_TIMEOUT_MS;
-    p->timeout_ms = DEFAULT_TIMEOUT_MS;
+    provider_init(p, r->name, type);
     c->n_providers++;
 
     const struct builtin *b = builtin_for_type(type);
@@ -949,15 +1170,24 @@ static ap_status load_provider(struct ld *ld, size_t i, const struct raw_provide
         (rc = file_ms(ld, r->timeout_ms, pathf(path, sizeof(path), "providers[%zu].timeout_ms", i),
                       &p->timeout_ms)) != AP_OK)
         return rc;
-    return AP_OK;
-}
 
-/* A price or other non-negative number from the file. */
-static ap_status file_real(struct ld *ld, const char *text, const char *path, double *out)
-{
-    struct src at = {path, false};
-    const char *why = parse_real(text, out);
-    return why ? fail(ld, &at, "%s", why) : AP_OK;
+    if (r->self_hosted != NULL) {
+        bool sh;
+        pathf(path, sizeof(path), "providers[%zu].self_hosted", i);
+        if ((why = parse_bool(r->self_hosted, &sh)) != NULL)
+            return fail(ld, &at, "%s", why);
+        /* A changed base_url may point at a proxy in-house, but the flag cannot prove where the
+         * traffic ends up: restricted data goes only to servers of the self-hosted types. */
+        if (sh && b != NULL)
+            return fail(ld, &at,
+                        "%s providers cannot be self-hosted (restricted data may reach only "
+                        "openai-compatible and local providers)",
+                        type_names[type]);
+        p->self_hosted = sh;
+    }
+    if (r->limits != NULL && (rc = load_limits(ld, i, r->limits, p)) != AP_OK)
+        return rc;
+    return AP_OK;
 }
 
 static ap_status load_patch(struct ld *ld, size_t i, const struct raw_patch *r, ap_model_conf *m)
@@ -1019,6 +1249,94 @@ static ap_status copy_fallbacks(struct ld *ld, const char *path, char *const *it
     return AP_OK;
 }
 
+/*
+ * Check models[i].deployments (or, without them, models[i].provider): names, weights, repeats,
+ * and that a `provider` given beside them is the first one's. Nothing is allocated.
+ */
+static ap_status check_deployments(struct ld *ld, size_t i, const struct raw_model *r)
+{
+    char path[128];
+    struct src at = {path, false};
+    const char *why;
+    const char *def_up = r->upstream ? r->upstream : r->name;
+
+    if (r->deployments_count == 0) {
+        pathf(path, sizeof(path), "models[%zu].provider", i);
+        if (r->provider == NULL)
+            return fail(ld, &at, "missing (required without deployments)");
+        if ((why = check_name(r->provider)) != NULL)
+            return fail(ld, &at, "%s", why);
+        return AP_OK;
+    }
+    if (r->deployments_count > AP_MAX_DEPLOYMENTS) {
+        pathf(path, sizeof(path), "models[%zu].deployments", i);
+        return fail(ld, &at, "at most %d deployments", AP_MAX_DEPLOYMENTS);
+    }
+    for (unsigned j = 0; j < r->deployments_count; j++) {
+        const struct raw_deployment *d = &r->deployments[j];
+        pathf(path, sizeof(path), "models[%zu].deployments[%u].provider", i, j);
+        if ((why = check_name(d->provider)) != NULL)
+            return fail(ld, &at, "%s", why);
+        /* Whether the provider exists is known once the built-ins are in: check_references(). */
+        if (d->upstream != NULL) {
+            pathf(path, sizeof(path), "models[%zu].deployments[%u].upstream", i, j);
+            if ((why = check_name(d->upstream)) != NULL)
+                return fail(ld, &at, "%s", why);
+        }
+        if (d->weight != NULL) {
+            double w;
+            pathf(path, sizeof(path), "models[%zu].deployments[%u].weight", i, j);
+            if ((why = parse_real(d->weight, &w)) != NULL)
+                return fail(ld, &at, "%s", why);
+            if (!(w > 0))
+                return fail(ld, &at, "must be greater than 0");
+        }
+        /* Two entries for one provider/upstream would share a breaker and double its weight. */
+        const char *up = d->upstream ? d->upstream : def_up;
+        for (unsigned k = 0; k < j; k++) {
+            const struct raw_deployment *e = &r->deployments[k];
+            if (strcmp(e->provider, d->provider) == 0 &&
+                strcmp(e->upstream ? e->upstream : def_up, up) == 0) {
+                pathf(path, sizeof(path), "models[%zu].deployments[%u]", i, j);
+                return fail(ld, &at, "\"%s/%.64s\" is listed twice (also deployments[%u])",
+                            d->provider, up, k);
+            }
+        }
+    }
+    if (r->provider != NULL && strcmp(r->provider, r->deployments[0].provider) != 0) {
+        pathf(path, sizeof(path), "models[%zu].provider", i);
+        return fail(ld, &at,
+                    "with deployments, leave provider out (or name the first deployment's, "
+                    "\"%s\")",
+                    r->deployments[0].provider);
+    }
+    return AP_OK;
+}
+
+/* Fill m->deployments from r (checked by check_deployments()): always at least one. */
+static void fill_deployments(const struct raw_model *r, ap_model_conf *m)
+{
+    const char *def_up = r->upstream ? r->upstream : r->name;
+    size_t n = r->deployments_count ? r->deployments_count : 1;
+    m->deployments = ap__xcalloc(n, sizeof(*m->deployments));
+    m->n_deployments = n;
+    if (r->deployments_count == 0) {
+        m->deployments[0].provider = xstrdup(r->provider);
+        m->deployments[0].upstream = xstrdup(def_up);
+        m->deployments[0].weight = 1;
+        return;
+    }
+    for (size_t j = 0; j < n; j++) {
+        const struct raw_deployment *d = &r->deployments[j];
+        ap_deployment_conf *dc = &m->deployments[j];
+        dc->provider = xstrdup(d->provider);
+        dc->upstream = xstrdup(d->upstream ? d->upstream : def_up);
+        dc->weight = 1;
+        if (d->weight != NULL && AP_NEVER(parse_real(d->weight, &dc->weight) != NULL))
+            dc->weight = 1; /* checked above */
+    }
+}
+
 static ap_status load_model(struct ld *ld, size_t i, const struct raw_model *r)
 {
     ap_config *c = ld->cfg;
@@ -1036,10 +1354,8 @@ static ap_status load_model(struct ld *ld, size_t i, const struct raw_model *r)
     for (size_t j = 0; j < c->n_models; j++)
         if (strcmp(c->models[j].name, r->name) == 0)
             return fail(ld, &at, "duplicate model name \"%s\" (also models[%zu])", r->name, j);
-    pathf(path, sizeof(path), "models[%zu].provider", i);
-    if ((why = check_name(r->provider)) != NULL)
-        return fail(ld, &at, "%s", why);
-    /* Whether the provider exists is known once the built-ins are in: check_references(). */
+    if ((rc = check_deployments(ld, i, r)) != AP_OK)
+        return rc;
     if (r->upstream != NULL) {
         pathf(path, sizeof(path), "models[%zu].upstream", i);
         if ((why = check_name(r->upstream)) != NULL)
@@ -1054,15 +1370,17 @@ static ap_status load_model(struct ld *ld, size_t i, const struct raw_model *r)
 
     memset(m, 0, sizeof(*m));
     m->name = xstrdup(r->name);
-    m->provider = xstrdup(r->provider);
-    m->upstream = xstrdup(r->upstream ? r->upstream : r->name);
+    fill_deployments(r, m);
+    /* The first deployment stands for the model where one provider is wanted (targets). */
+    m->provider = xstrdup(m->deployments[0].provider);
+    m->upstream = xstrdup(m->deployments[0].upstream);
     m->token_model = xstrdup(r->token_model ? r->token_model : m->upstream);
     m->target = r->target ? xstrdup(r->target) : NULL; /* default by type: check_references() */
     m->usd_per_mtok_in = m->usd_per_mtok_out = -1;
     c->n_models++;
     if ((rc = copy_fallbacks(ld, pathf(path, sizeof(path), "models[%zu].fallbacks", i),
-                             r->fallbacks, r->fallbacks_count, &m->fallbacks,
-                             &m->n_fallbacks)) != AP_OK)
+                             r->fallbacks, r->fallbacks_count, &m->fallbacks, &m->n_fallbacks)) !=
+        AP_OK)
         return rc;
 
     if (r->usd_per_mtok_in != NULL &&
@@ -1087,6 +1405,7 @@ static ap_status load_task(struct ld *ld, size_t i, const struct raw_task *r)
     char path[96];
     struct src at = {path, false};
     const char *why;
+    ap_status rc;
 
     pathf(path, sizeof(path), "tasks[%zu].name", i);
     if ((why = check_name(r->name)) != NULL)
@@ -1109,8 +1428,309 @@ static ap_status load_task(struct ld *ld, size_t i, const struct raw_task *r)
     t->prompt = xstrdup(r->prompt);
     t->prompt_version = xstrdup(r->prompt_version ? r->prompt_version : "1");
     c->n_tasks++;
-    return copy_fallbacks(ld, pathf(path, sizeof(path), "tasks[%zu].fallbacks", i), r->fallbacks,
-                          r->fallbacks_count, &t->fallbacks, &t->n_fallbacks);
+    if ((rc = copy_fallbacks(ld, pathf(path, sizeof(path), "tasks[%zu].fallbacks", i), r->fallbacks,
+                             r->fallbacks_count, &t->fallbacks, &t->n_fallbacks)) != AP_OK)
+        return rc;
+
+    /* The checks on an answer: required fields only make sense in a JSON object. */
+    if (r->required_count > TASK_MAX_REQUIRED) {
+        pathf(path, sizeof(path), "tasks[%zu].required", i);
+        return fail(ld, &at, "at most %d fields", TASK_MAX_REQUIRED);
+    }
+    for (unsigned j = 0; j < r->required_count; j++) {
+        const char *f = r->required[j];
+        pathf(path, sizeof(path), "tasks[%zu].required[%u]", i, j);
+        if (f == NULL || f[0] == '\0')
+            return fail(ld, &at, "must not be empty");
+        if (strlen(f) > 128)
+            return fail(ld, &at, "is longer than 128 bytes");
+        for (unsigned k = 0; k < j; k++)
+            if (strcmp(r->required[k], f) == 0)
+                return fail(ld, &at, "\"%.64s\" is listed twice (also required[%u])", f, k);
+    }
+    t->json = r->required_count > 0;
+    if (r->json != NULL) {
+        bool j;
+        pathf(path, sizeof(path), "tasks[%zu].json", i);
+        if ((why = parse_bool(r->json, &j)) != NULL)
+            return fail(ld, &at, "%s", why);
+        if (!j && r->required_count > 0)
+            return fail(ld, &at, "must be true when required fields are listed");
+        t->json = j;
+    }
+    if (r->required_count > 0) {
+        t->required = ap__xcalloc(r->required_count, sizeof(char *));
+        for (unsigned j = 0; j < r->required_count; j++)
+            t->required[j] = xstrdup(r->required[j]);
+        t->n_required = r->required_count;
+    }
+    return AP_OK;
+}
+
+/* ---- clients and routes from the file ------------------------------------------------------- */
+
+/* "key" + digits: the names the entries of the plain client_keys_sha256 list get. */
+static bool is_plain_key_name(const char *s)
+{
+    if (strncmp(s, "key", 3) != 0 || s[3] == '\0')
+        return false;
+    for (s += 3; *s; s++)
+        if (!isdigit((unsigned char)*s))
+            return false;
+    return true;
+}
+
+static ap_status load_clients(struct ld *ld, const struct raw_client *r, size_t n)
+{
+    char path[96];
+    struct src at = {path, false};
+    const char *why;
+
+    if (n == 0)
+        return AP_OK;
+    ld->client_names = ap__xcalloc(n, sizeof(char *));
+    ld->client_hashes = ap__xcalloc(n, sizeof(char *));
+    for (size_t i = 0; i < n; i++) {
+        pathf(path, sizeof(path), "clients[%zu].name", i);
+        if ((why = check_name(r[i].name)) != NULL)
+            return fail(ld, &at, "%s", why);
+        if (is_plain_key_name(r[i].name))
+            return fail(ld, &at,
+                        "\"%s\": names key1, key2, ... belong to the entries of "
+                        "client_keys_sha256",
+                        r[i].name);
+        for (size_t j = 0; j < ld->n_clients; j++)
+            if (strcmp(ld->client_names[j], r[i].name) == 0)
+                return fail(ld, &at, "duplicate client name \"%s\" (also clients[%zu])", r[i].name,
+                            j);
+        /* The hash is never quoted back: a pasted key would be. */
+        pathf(path, sizeof(path), "clients[%zu].key_sha256", i);
+        if ((why = check_sha256_hex(r[i].key_sha256 ? r[i].key_sha256 : "")) != NULL)
+            return fail(ld, &at, "%s", why);
+        char *h = xstrdup(r[i].key_sha256);
+        for (char *p = h; *p; p++)
+            *p = (char)tolower((unsigned char)*p);
+        for (size_t j = 0; j < ld->n_clients; j++) {
+            if (strcmp(ld->client_hashes[j], h) == 0) {
+                free(h);
+                return fail(ld, &at, "the same key as clients[%zu]", j);
+            }
+        }
+        ld->client_names[ld->n_clients] = xstrdup(r[i].name);
+        ld->client_hashes[ld->n_clients] = h;
+        ld->n_clients++;
+    }
+    return AP_OK;
+}
+
+/*
+ * A list of names or words from the file into *out (NULL when empty): each non-empty, at most
+ * 128 bytes (names: no spaces either), none twice, at most max of them.
+ */
+static ap_status copy_strs(struct ld *ld, const char *list_path, char *const *items, unsigned n,
+                           unsigned max, bool names, char ***out, size_t *n_out)
+{
+    char path[160];
+    struct src at = {path, false};
+    const char *why;
+
+    if (n > max) {
+        at.label = list_path;
+        return fail(ld, &at, "at most %u entries", max);
+    }
+    for (unsigned j = 0; j < n; j++) {
+        const char *s = items[j] ? items[j] : "";
+        pathf(path, sizeof(path), "%s[%u]", list_path, j);
+        if (names && (why = check_name(s)) != NULL)
+            return fail(ld, &at, "%s", why);
+        if (!names && s[0] == '\0')
+            return fail(ld, &at, "must not be empty");
+        if (!names && strlen(s) > 128)
+            return fail(ld, &at, "is longer than 128 bytes");
+        for (unsigned k = 0; k < j; k++)
+            if (strcmp(items[k], s) == 0)
+                return fail(ld, &at, "\"%.64s\" is listed twice (also %s[%u])", s, list_path, k);
+    }
+    if (n == 0)
+        return AP_OK;
+    *out = ap__xcalloc(n, sizeof(char *));
+    for (unsigned j = 0; j < n; j++)
+        (*out)[j] = xstrdup(items[j]);
+    *n_out = n;
+    return AP_OK;
+}
+
+/* The classifier's prompt when the file gives none (config.h). */
+static char *two_stage_prompt(char *const *classes, size_t n)
+{
+    static const char head[] = "Classify this image as exactly one of: ";
+    static const char tail[] = ". Answer with the class name only.";
+    size_t len = sizeof(head) + sizeof(tail);
+    for (size_t i = 0; i < n; i++)
+        len += strlen(classes[i]) + 2;
+    char *p = ap__xmalloc(len);
+    size_t k = (size_t)snprintf(p, len, "%s", head);
+    for (size_t i = 0; i < n; i++)
+        k += (size_t)snprintf(p + k, len - k, "%s%s", i ? ", " : "", classes[i]);
+    snprintf(p + k, len - k, "%s", tail);
+    return p;
+}
+
+static ap_status load_two_stage(struct ld *ld, size_t i, const struct raw_two_stage *r,
+                                ap_route_rule *rr)
+{
+    char path[128];
+    struct src at = {path, false};
+    const char *why;
+    ap_status rc;
+
+    pathf(path, sizeof(path), "routes[%zu].two_stage.model", i);
+    if ((why = check_name(r->model)) != NULL)
+        return fail(ld, &at, "%s", why);
+    if (r->target != NULL && !target_known(r->target)) {
+        char list[160];
+        target_list(list, sizeof(list));
+        pathf(path, sizeof(path), "routes[%zu].two_stage.target", i);
+        return fail(ld, &at, "unknown target \"%.32s\" (expected %s)", r->target, list);
+    }
+    if (r->prompt != NULL && r->prompt[0] == '\0') {
+        pathf(path, sizeof(path), "routes[%zu].two_stage.prompt", i);
+        return fail(ld, &at, "must not be empty (leave it out for the default)");
+    }
+    pathf(path, sizeof(path), "routes[%zu].two_stage.classes", i);
+    if (r->classes_count < 2)
+        return fail(ld, &at, "at least 2 classes are needed");
+    pathf(path, sizeof(path), "routes[%zu].two_stage.valuable", i);
+    if (r->valuable_count < 1)
+        return fail(ld, &at, "at least 1 class must be valuable (else nothing gets the full run)");
+
+    /* Ours from here: freed with the config. */
+    ap_two_stage_conf *ts = ap__xcalloc(1, sizeof(*ts));
+    rr->two_stage = ts;
+    ts->model = xstrdup(r->model);
+    ts->target = xstrdup(r->target ? r->target : "thumbnail");
+    pathf(path, sizeof(path), "routes[%zu].two_stage.classes", i);
+    if ((rc = copy_strs(ld, path, r->classes, r->classes_count, ROUTE_MAX_LIST, true, &ts->classes,
+                        &ts->n_classes)) != AP_OK)
+        return rc;
+    pathf(path, sizeof(path), "routes[%zu].two_stage.valuable", i);
+    if ((rc = copy_strs(ld, path, r->valuable, r->valuable_count, ROUTE_MAX_LIST, true,
+                        &ts->valuable, &ts->n_valuable)) != AP_OK)
+        return rc;
+    for (size_t j = 0; j < ts->n_valuable; j++) {
+        bool known = false;
+        for (size_t k = 0; k < ts->n_classes && !known; k++)
+            known = strcmp(ts->classes[k], ts->valuable[j]) == 0;
+        if (!known) {
+            pathf(path, sizeof(path), "routes[%zu].two_stage.valuable[%zu]", i, j);
+            return fail(ld, &at, "\"%s\" is not one of the classes", ts->valuable[j]);
+        }
+    }
+    ts->prompt = r->prompt ? xstrdup(r->prompt) : two_stage_prompt(ts->classes, ts->n_classes);
+    return AP_OK;
+}
+
+/* One of a route's numeric conditions; absent = -1 (any). */
+static ap_status route_limit(struct ld *ld, size_t i, const char *key, const char *text,
+                             uint64_t max, long long *out)
+{
+    char path[96];
+    uint64_t u;
+    ap_status rc;
+    *out = -1;
+    if (text == NULL)
+        return AP_OK;
+    pathf(path, sizeof(path), "routes[%zu].%s", i, key);
+    if ((rc = file_uint(ld, text, path, 0, max, &u)) != AP_OK)
+        return rc;
+    *out = (long long)u;
+    return AP_OK;
+}
+
+/* min <= max when both are set; the max is blamed. */
+static ap_status route_range(struct ld *ld, size_t i, const char *what, long long min,
+                             long long max)
+{
+    char path[96];
+    struct src at = {path, false};
+    if (min < 0 || max < 0 || min <= max)
+        return AP_OK;
+    pathf(path, sizeof(path), "routes[%zu].max_%s", i, what);
+    return fail(ld, &at, "must be at least min_%s (%lld)", what, min);
+}
+
+static ap_status load_route(struct ld *ld, size_t i, const struct raw_route *r)
+{
+    ap_config *c = ld->cfg;
+    ap_route_rule *rr = &c->routes[c->n_routes];
+    char path[96];
+    struct src at = {path, false};
+    const char *why;
+    ap_status rc;
+    long long v;
+
+    pathf(path, sizeof(path), "routes[%zu].name", i);
+    if ((why = check_name(r->name)) != NULL)
+        return fail(ld, &at, "%s", why);
+    for (size_t j = 0; j < c->n_routes; j++)
+        if (strcmp(c->routes[j].name, r->name) == 0)
+            return fail(ld, &at, "duplicate route name \"%s\" (also routes[%zu])", r->name, j);
+    const struct {
+        const char *key, *v;
+    } names[] = {{"task", r->task}, {"model", r->model}, {"data_class", r->data_class}};
+    for (size_t k = 0; k < sizeof(names) / sizeof(names[0]); k++) {
+        pathf(path, sizeof(path), "routes[%zu].%s", i, names[k].key);
+        if (names[k].v != NULL && (why = check_name(names[k].v)) != NULL)
+            return fail(ld, &at, "%s", why);
+    }
+
+    /* Ours from here: freed with the config. */
+    memset(rr, 0, sizeof(*rr));
+    rr->name = xstrdup(r->name);
+    rr->task = r->task ? xstrdup(r->task) : NULL;
+    rr->model = r->model ? xstrdup(r->model) : NULL;
+    rr->data_class = r->data_class ? xstrdup(r->data_class) : NULL;
+    rr->min_pixels = rr->max_pixels = rr->min_bytes = rr->max_bytes = -1;
+    rr->min_images = rr->max_images = -1;
+    c->n_routes++;
+
+    if ((rc = copy_strs(ld, pathf(path, sizeof(path), "routes[%zu].keywords", i), r->keywords,
+                        r->keywords_count, ROUTE_MAX_LIST, false, &rr->keywords,
+                        &rr->n_keywords)) != AP_OK)
+        return rc;
+    if ((rc = copy_strs(ld, pathf(path, sizeof(path), "routes[%zu].clients", i), r->clients,
+                        r->clients_count, ROUTE_MAX_LIST, true, &rr->clients, &rr->n_clients)) !=
+        AP_OK)
+        return rc;
+    /* The whole chain: one more step than a fallbacks list, which follows a model. */
+    if ((rc = copy_strs(ld, pathf(path, sizeof(path), "routes[%zu].models", i), r->models,
+                        r->models_count, AP_CHAIN_MAX, true, &rr->models, &rr->n_models)) != AP_OK)
+        return rc;
+
+    if ((rc = route_limit(ld, i, "min_pixels", r->min_pixels, LLONG_MAX, &rr->min_pixels)) ||
+        (rc = route_limit(ld, i, "max_pixels", r->max_pixels, LLONG_MAX, &rr->max_pixels)) ||
+        (rc = route_limit(ld, i, "min_bytes", r->min_bytes, LLONG_MAX, &rr->min_bytes)) ||
+        (rc = route_limit(ld, i, "max_bytes", r->max_bytes, LLONG_MAX, &rr->max_bytes)))
+        return rc;
+    if ((rc = route_limit(ld, i, "min_images", r->min_images, LIMIT_COUNT_MAX, &v)) != AP_OK)
+        return rc;
+    rr->min_images = (int)v;
+    if ((rc = route_limit(ld, i, "max_images", r->max_images, LIMIT_COUNT_MAX, &v)) != AP_OK)
+        return rc;
+    rr->max_images = (int)v;
+    if ((rc = route_range(ld, i, "pixels", rr->min_pixels, rr->max_pixels)) ||
+        (rc = route_range(ld, i, "bytes", rr->min_bytes, rr->max_bytes)) ||
+        (rc = route_range(ld, i, "images", rr->min_images, rr->max_images)))
+        return rc;
+
+    if (r->two_stage != NULL && (rc = load_two_stage(ld, i, r->two_stage, rr)) != AP_OK)
+        return rc;
+    if (rr->n_models == 0 && rr->two_stage == NULL) {
+        pathf(path, sizeof(path), "routes[%zu]", i);
+        return fail(ld, &at, "rule \"%s\" does nothing: give it models, two_stage or both",
+                    rr->name);
+    }
+    return AP_OK;
 }
 
 static ap_status load_file(struct ld *ld, const struct raw_top *r)
@@ -1148,6 +1768,12 @@ static ap_status load_file(struct ld *ld, const struct raw_top *r)
     c->tasks = r->tasks_count ? ap__xcalloc(r->tasks_count, sizeof(*c->tasks)) : NULL;
     for (size_t i = 0; i < r->tasks_count; i++)
         if ((rc = load_task(ld, i, &r->tasks[i])) != AP_OK)
+            return rc;
+    if ((rc = load_clients(ld, r->clients, r->clients_count)) != AP_OK)
+        return rc;
+    c->routes = r->routes_count ? ap__xcalloc(r->routes_count, sizeof(*c->routes)) : NULL;
+    for (size_t i = 0; i < r->routes_count; i++)
+        if ((rc = load_route(ld, i, &r->routes[i])) != AP_OK)
             return rc;
     return AP_OK;
 }
@@ -1324,22 +1950,12 @@ static ap_status finish_providers(struct ld *ld)
         }
         if (find_provider(c, b->name) == NULL) {
             ap_provider_conf *p = &c->providers[c->n_providers++];
-            memset(p, 0, sizeof(*p));
-            p->name = xstrdup(b->name);
-            p->type = b->type;
+            provider_init(p, b->name, b->type);
             p->api_key_env = xstrdup(b->key_env);
-            p->connect_timeout_ms = DEFAULT_CONNECT_TIMEOUT_MS;
-            p->timeout_ms = DEFAULT_TIMEOUT_MS;
         }
     }
-    if (find_provider(c, "local") == NULL) {
-        ap_provider_conf *p = &c->providers[c->n_providers++];
-        memset(p, 0, sizeof(*p));
-        p->name = xstrdup("local");
-        p->type = AP_PROVIDER_LOCAL;
-        p->connect_timeout_ms = DEFAULT_CONNECT_TIMEOUT_MS;
-        p->timeout_ms = DEFAULT_TIMEOUT_MS;
-    }
+    if (find_provider(c, "local") == NULL)
+        provider_init(&c->providers[c->n_providers++], "local", AP_PROVIDER_LOCAL);
     for (size_t i = 0; i < c->n_providers; i++) {
         ap_provider_conf *p = &c->providers[i];
         const struct builtin *b = builtin_for_type(p->type);
@@ -1378,10 +1994,19 @@ static enum route_res route_find(const ap_config *c, const char *name, const ap_
     *model = NULL;
     *prov = NULL;
     for (size_t i = 0; i < c->n_models; i++) {
-        if (strcmp(c->models[i].name, name) != 0)
+        const ap_model_conf *m = &c->models[i];
+        if (strcmp(m->name, name) != 0)
             continue;
-        *model = &c->models[i];
-        *prov = find_provider(c, c->models[i].provider);
+        /* The first enabled deployment; when none is, the first one (for the message). */
+        *model = m;
+        for (size_t j = 0; j < m->n_deployments; j++) {
+            const ap_provider_conf *p = find_provider(c, m->deployments[j].provider);
+            if (p != NULL && p->enabled) {
+                *prov = p;
+                return R_OK;
+            }
+        }
+        *prov = find_provider(c, m->provider);
         if (AP_NEVER(*prov == NULL))
             return R_UNKNOWN; /* check_references() refuses such a config */
         return (*prov)->enabled ? R_OK : R_DISABLED;
@@ -1457,12 +2082,12 @@ static ap_status check_route(struct ld *ld, const char *name, const struct src *
 }
 
 /*
- * A fallbacks list (path e.g. "models[2].fallbacks"): names that route (a disabled provider is
- * a warning, as for a task's model), "review" only last, no repeats, not self (the model the
- * list follows).
+ * A fallbacks list (path e.g. "models[2].fallbacks") or a route's models: names that route (a
+ * disabled provider is a warning, as for a task's model, worded with what), "review" only
+ * last, no repeats, not self (the model the list follows; NULL for a route's whole chain).
  */
 static ap_status check_fallbacks(struct ld *ld, const char *list_path, char *const *fb, size_t n,
-                                 const char *self, const char *self_what, const char *owner)
+                                 const char *self, const char *self_what, const char *what)
 {
     char path[128];
     struct src at = {path, false};
@@ -1474,18 +2099,15 @@ static ap_status check_fallbacks(struct ld *ld, const char *list_path, char *con
             return fail(ld, &at, "%s", why);
         for (size_t k = 0; k < j; k++)
             if (strcmp(fb[k], fb[j]) == 0)
-                return fail(ld, &at, "\"%s\" is listed twice (also %s[%zu])", fb[j], list_path,
-                            k);
+                return fail(ld, &at, "\"%s\" is listed twice (also %s[%zu])", fb[j], list_path, k);
         if (strcmp(fb[j], AP_REVIEW_STEP) == 0) {
             if (j + 1 != n)
                 return fail(ld, &at, "\"" AP_REVIEW_STEP "\" must be the last step");
             continue;
         }
-        if (strcmp(fb[j], self) == 0)
+        if (self != NULL && strcmp(fb[j], self) == 0)
             return fail(ld, &at, "\"%s\" is %s itself", fb[j], self_what);
-        char w[200];
-        snprintf(w, sizeof(w), "%s fallbacks", owner);
-        if ((rc = check_route(ld, fb[j], &at, w)) != AP_OK)
+        if ((rc = check_route(ld, fb[j], &at, what)) != AP_OK)
             return rc;
     }
     return AP_OK;
@@ -1523,6 +2145,84 @@ static ap_status check_resilience(struct ld *ld)
     return fail(ld, &at, "must be at most retry.cap_ms (%ld)", r->cap_ms);
 }
 
+/* A route's references, once providers and clients are final: its models and classifier must
+ * route (disabled is a warning, as for fallbacks), its clients must be named. */
+static ap_status check_route_rule(struct ld *ld, size_t i)
+{
+    const ap_config *c = ld->cfg;
+    const ap_route_rule *rr = &c->routes[i];
+    char path[96], what[180];
+    struct src at = {path, false};
+    ap_status rc;
+
+    snprintf(what, sizeof(what), "route \"%s\" models", rr->name);
+    pathf(path, sizeof(path), "routes[%zu].models", i);
+    if ((rc = check_fallbacks(ld, path, rr->models, rr->n_models, NULL, NULL, what)) != AP_OK)
+        return rc;
+    if (rr->two_stage != NULL) {
+        snprintf(what, sizeof(what), "route \"%s\" two_stage", rr->name);
+        pathf(path, sizeof(path), "routes[%zu].two_stage.model", i);
+        if ((rc = check_route(ld, rr->two_stage->model, &at, what)) != AP_OK)
+            return rc;
+    }
+    for (size_t j = 0; j < rr->n_clients; j++) {
+        bool known = false;
+        for (size_t k = 0; k < c->n_client_keys && !known; k++)
+            known = strcmp(c->client_key_name[k], rr->clients[j]) == 0;
+        if (known)
+            continue;
+        pathf(path, sizeof(path), "routes[%zu].clients[%zu]", i, j);
+        if (is_plain_key_name(rr->clients[j]))
+            return fail(ld, &at, "no client named \"%s\": client_keys_sha256 has %zu entries",
+                        rr->clients[j], c->n_client_keys - ld->n_clients);
+        return fail(ld, &at, "no client named \"%s\" (name it under clients)", rr->clients[j]);
+    }
+    return AP_OK;
+}
+
+/*
+ * Put the file's named clients behind the plain client_keys_sha256 list (which the environment
+ * may have replaced), and name the plain entries "key1", "key2", ... A named client whose hash
+ * is also a plain entry would get two names: refused.
+ */
+static ap_status finish_clients(struct ld *ld)
+{
+    ap_config *c = ld->cfg;
+    size_t np = c->n_client_keys, n = np + ld->n_clients;
+    char path[96];
+    struct src at = {path, false};
+
+    for (size_t j = 0; j < ld->n_clients; j++) {
+        for (size_t i = 0; i < np; i++) {
+            if (strcmp(c->client_key_sha256[i], ld->client_hashes[j]) != 0)
+                continue;
+            pathf(path, sizeof(path), "clients[%zu].key_sha256", j);
+            size_t ks = setting_index("client_keys_sha256");
+            if (ld->env_of[ks][0] != '\0' || env("APERTURE_CLIENT_KEYS") != NULL)
+                return fail(ld, &at, "the same key as client key %zu from the environment", i + 1);
+            return fail(ld, &at, "the same key as client_keys_sha256[%zu]", i);
+        }
+    }
+    char **h = ap__xcalloc(n ? n : 1, sizeof(char *));
+    char **names = ap__xcalloc(n ? n : 1, sizeof(char *));
+    for (size_t i = 0; i < np; i++) {
+        char nm[32];
+        snprintf(nm, sizeof(nm), "key%zu", i + 1);
+        h[i] = c->client_key_sha256[i];
+        names[i] = xstrdup(nm);
+    }
+    for (size_t j = 0; j < ld->n_clients; j++) {
+        h[np + j] = ld->client_hashes[j];
+        names[np + j] = ld->client_names[j];
+        ld->client_hashes[j] = ld->client_names[j] = NULL; /* moved */
+    }
+    free(c->client_key_sha256);
+    c->client_key_sha256 = h;
+    c->client_key_name = names;
+    c->n_client_keys = n;
+    return AP_OK;
+}
+
 static ap_status check_references(struct ld *ld)
 {
     ap_config *c = ld->cfg;
@@ -1532,11 +2232,20 @@ static ap_status check_references(struct ld *ld)
 
     for (size_t i = 0; i < c->n_models; i++) {
         ap_model_conf *m = &c->models[i];
-        const ap_provider_conf *p = find_provider(c, m->provider);
-        if (p == NULL) {
-            pathf(path, sizeof(path), "models[%zu].provider", i);
-            return fail(ld, &at, "no provider named \"%s\"", m->provider);
+        pathf(path, sizeof(path), "models[%zu].deployments", i);
+        bool listed = ap__config_yindex_has(ld->ix, path);
+        for (size_t j = 0; j < m->n_deployments; j++) {
+            if (find_provider(c, m->deployments[j].provider) != NULL)
+                continue;
+            if (listed)
+                pathf(path, sizeof(path), "models[%zu].deployments[%zu].provider", i, j);
+            else
+                pathf(path, sizeof(path), "models[%zu].provider", i);
+            return fail(ld, &at, "no provider named \"%s\"", m->deployments[j].provider);
         }
+        const ap_provider_conf *p = find_provider(c, m->provider);
+        if (AP_NEVER(p == NULL))
+            return ap_error_set(ld->err, AP_EINTERNAL, "config: model without provider");
         if (m->target == NULL)
             m->target = xstrdup(ap_provider_default_target(p->type));
     }
@@ -1546,8 +2255,9 @@ static ap_status check_references(struct ld *ld)
         return rc;
     for (size_t i = 0; i < c->n_tasks; i++) {
         ap_task_conf *t = &c->tasks[i];
-        char what[160];
+        char what[160], fb_what[180];
         snprintf(what, sizeof(what), "task \"%s\"", t->name);
+        snprintf(fb_what, sizeof(fb_what), "%s fallbacks", what);
         if (t->model == NULL) {
             t->model = xstrdup(c->default_model); /* checked above */
         } else {
@@ -1557,18 +2267,21 @@ static ap_status check_references(struct ld *ld)
         }
         pathf(path, sizeof(path), "tasks[%zu].fallbacks", i);
         if ((rc = check_fallbacks(ld, path, t->fallbacks, t->n_fallbacks, t->model,
-                                  "the task's model", what)) != AP_OK)
+                                  "the task's model", fb_what)) != AP_OK)
             return rc;
     }
     for (size_t i = 0; i < c->n_models; i++) {
         const ap_model_conf *m = &c->models[i];
-        char what[160];
-        snprintf(what, sizeof(what), "model \"%s\"", m->name);
+        char what[180];
+        snprintf(what, sizeof(what), "model \"%s\" fallbacks", m->name);
         pathf(path, sizeof(path), "models[%zu].fallbacks", i);
         if ((rc = check_fallbacks(ld, path, m->fallbacks, m->n_fallbacks, m->name, "the model",
                                   what)) != AP_OK)
             return rc;
     }
+    for (size_t i = 0; i < c->n_routes; i++)
+        if ((rc = check_route_rule(ld, i)) != AP_OK)
+            return rc;
     return check_resilience(ld);
 }
 
@@ -1589,6 +2302,9 @@ void ap_config_free(ap_config *c)
     for (size_t i = 0; i < c->n_client_keys; i++)
         free(c->client_key_sha256[i]);
     free(c->client_key_sha256);
+    /* Names come with the merge (finish_clients()); a failed load may not have got there. */
+    if (c->client_key_name != NULL)
+        free_list(c->client_key_name, c->n_client_keys);
     for (size_t i = 0; i < c->n_providers; i++) {
         ap_provider_conf *p = &c->providers[i];
         if (p->api_key != NULL) {
@@ -1609,6 +2325,11 @@ void ap_config_free(ap_config *c)
         free(c->models[i].token_model);
         free(c->models[i].target);
         free_list(c->models[i].fallbacks, c->models[i].n_fallbacks);
+        for (size_t j = 0; j < c->models[i].n_deployments; j++) {
+            free(c->models[i].deployments[j].provider);
+            free(c->models[i].deployments[j].upstream);
+        }
+        free(c->models[i].deployments);
     }
     free(c->models);
     for (size_t i = 0; i < c->n_tasks; i++) {
@@ -1617,8 +2338,29 @@ void ap_config_free(ap_config *c)
         free(c->tasks[i].prompt);
         free(c->tasks[i].prompt_version);
         free_list(c->tasks[i].fallbacks, c->tasks[i].n_fallbacks);
+        free_list(c->tasks[i].required, c->tasks[i].n_required);
     }
     free(c->tasks);
+    for (size_t i = 0; i < c->n_routes; i++) {
+        ap_route_rule *r = &c->routes[i];
+        free(r->name);
+        free(r->task);
+        free(r->model);
+        free(r->data_class);
+        free_list(r->keywords, r->n_keywords);
+        free_list(r->clients, r->n_clients);
+        free_list(r->models, r->n_models);
+        if (r->two_stage != NULL) {
+            free(r->two_stage->model);
+            free(r->two_stage->target);
+            free(r->two_stage->prompt);
+            free_list(r->two_stage->classes, r->two_stage->n_classes);
+            free_list(r->two_stage->valuable, r->two_stage->n_valuable);
+            free(r->two_stage);
+        }
+    }
+    free(c->routes);
+    free(c->review_url);
     free(c->default_model);
     for (size_t i = 0; i < c->n_fetch_allow_hosts; i++)
         free(c->fetch_allow_hosts[i]);
@@ -1677,6 +2419,8 @@ ap_status ap_config_load_buffer(const char *buf, size_t len, const char *name,
     }
     if ((rc = finish_providers(&ld)) != AP_OK)
         goto out;
+    if ((rc = finish_clients(&ld)) != AP_OK)
+        goto out;
     if ((rc = check_references(&ld)) != AP_OK)
         goto out;
     if (c->fetch_max_bytes == 0)
@@ -1689,6 +2433,8 @@ out:
     free(sc);
     ap__config_yindex_free(ix);
     ap_config_free(c);
+    free_list(ld.client_names, ld.n_clients); /* what finish_clients() did not move */
+    free_list(ld.client_hashes, ld.n_clients);
     return rc;
 }
 
@@ -1749,7 +2495,20 @@ const ap_task_conf *ap_config_task(const ap_config *cfg, const char *name)
     return NULL;
 }
 
-/* Append name to the chain unless it repeats a step or does not route now (provider disabled). */
+/* One deployment of a chain step; its key is the breaker's, "provider/upstream" (cut to fit). */
+static void dep_set(ap_chain_deployment *d, const ap_provider_conf *p, const char *upstream,
+                    double weight)
+{
+    d->provider = p;
+    d->upstream = upstream;
+    d->weight = weight;
+    snprintf(d->key, sizeof(d->key), "%s/%s", p->name, upstream);
+}
+
+/*
+ * Append name to the chain unless it repeats a step or does not route now (every deployment's
+ * provider disabled). A configured model's step gets its enabled deployments, in their order.
+ */
 static void chain_add(const ap_config *c, ap_chain *ch, const char *name)
 {
     const ap_model_conf *m;
@@ -1771,11 +2530,25 @@ static void chain_add(const ap_config *c, ap_chain *ch, const char *name)
     }
     if (route_find(c, name, &m, &p, &want) != R_OK)
         return;
+    if (m == NULL) {
+        /* Routed by prefix (or "local"): the one provider, the name as the client sent it. */
+        dep_set(&st->dep[0], p, name, 1);
+        st->n_dep = 1;
+    } else {
+        for (size_t j = 0; j < m->n_deployments && st->n_dep < AP_MAX_DEPLOYMENTS; j++) {
+            const ap_deployment_conf *d = &m->deployments[j];
+            const ap_provider_conf *dp = find_provider(c, d->provider);
+            if (dp != NULL && dp->enabled)
+                dep_set(&st->dep[st->n_dep++], dp, d->upstream, d->weight);
+        }
+        if (AP_NEVER(st->n_dep == 0))
+            return; /* route_find() said one is enabled */
+    }
     st->model = name;
     st->model_conf = m;
-    st->provider = p;
-    st->upstream = m != NULL && m->upstream != NULL ? m->upstream : name;
-    snprintf(st->deployment, sizeof(st->deployment), "%s/%s", p->name, st->upstream);
+    st->provider = st->dep[0].provider;
+    st->upstream = st->dep[0].upstream;
+    memcpy(st->deployment, st->dep[0].key, sizeof(st->deployment));
     ch->n_steps++;
 }
 
@@ -1829,5 +2602,52 @@ ap_status ap_config_chain(const ap_config *cfg, const char *task, const char *mo
     memcpy(out->step, ch.step, ch.n_steps * sizeof(ch.step[0]));
     out->n_steps = ch.n_steps;
     out->fallbacks_from = ch.fallbacks_from;
+    return AP_OK;
+}
+
+ap_status ap_config_chain_list(const ap_config *cfg, const char *const *models, size_t n,
+                               ap_chain *out, ap_error *err)
+{
+    char why[AP_ERROR_MSG_MAX] = "";
+
+    if (AP_NEVER(cfg == NULL || out == NULL))
+        return ap_error_set(err, AP_EINVAL, "no configuration");
+    if (models == NULL || n == 0)
+        return ap_error_set(err, AP_EINVAL, "no model given");
+    if (n > AP_CHAIN_MAX)
+        return ap_error_set(err, AP_EINVAL, "at most %d steps", AP_CHAIN_MAX);
+    /* Every name first: a list that cannot work is an error even when its first step would. */
+    for (size_t i = 0; i < n; i++) {
+        const ap_model_conf *m;
+        const ap_provider_conf *p;
+        ap_provider_type want = AP_PROVIDER_LOCAL;
+        if (models[i] == NULL || models[i][0] == '\0')
+            return ap_error_set(err, AP_EINVAL, "no model given");
+        if (strcmp(models[i], AP_REVIEW_STEP) == 0) {
+            if (i + 1 != n)
+                return ap_error_set(err, AP_EINVAL, "\"" AP_REVIEW_STEP "\" must be the last step");
+            continue;
+        }
+        enum route_res res = route_find(cfg, models[i], &m, &p, &want);
+        if (res == R_UNKNOWN || res == R_NO_PROVIDER) {
+            route_why(res, models[i], p, want, why, sizeof(why));
+            return ap_error_set(err, AP_ENOTFOUND, "%s", why);
+        }
+        if (res == R_DISABLED && why[0] == '\0')
+            route_why(res, models[i], p, want, why, sizeof(why)); /* the first one unavailable */
+    }
+
+    /* Built aside: *out is written only on success. */
+    ap_chain ch;
+    ch.n_steps = 0;
+    ch.fallbacks_from = NULL;
+    for (size_t i = 0; i < n; i++)
+        chain_add(cfg, &ch, models[i]);
+    if (ch.n_steps == 0)
+        return ap_error_set(err, AP_ENOTFOUND, "%s",
+                            why[0] ? why : "no step of the chain is enabled");
+    memcpy(out->step, ch.step, ch.n_steps * sizeof(ch.step[0]));
+    out->n_steps = ch.n_steps;
+    out->fallbacks_from = NULL;
     return AP_OK;
 }

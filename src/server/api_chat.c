@@ -108,17 +108,19 @@ ap_status ap__image_load(struct ap__req *r, const char *ref, uint8_t **buf, size
 }
 
 /* The preprocessing target for a model on a provider (config first). */
-static const char *target_for(const ap_model_conf *m, const ap_provider_conf *p,
-                              const char *detail)
+static const char *target_for(const ap_model_conf *m, const ap_provider_conf *p, const char *detail)
 {
     if (m && m->target)
         return m->target;
     switch (p->type) {
     case AP_PROVIDER_OPENAI:
         return detail && strcmp(detail, "low") == 0 ? "openai-low" : "openai-high";
-    case AP_PROVIDER_ANTHROPIC: return "anthropic";
-    case AP_PROVIDER_GEMINI: return "gemini";
-    default: return "default";
+    case AP_PROVIDER_ANTHROPIC:
+        return "anthropic";
+    case AP_PROVIDER_GEMINI:
+        return "gemini";
+    default:
+        return "default";
     }
 }
 
@@ -245,7 +247,7 @@ struct chat {
         uint8_t *buf;
         size_t len;
         uint32_t w, h; /* displayed size from the header (0 when not probed) */
-    } *raw;
+    } * raw;
     size_t n_raw, cap_raw;
     char prepared[32]; /* the target c->canon's images were prepared for; "" = none */
     /* Routing. */
@@ -259,10 +261,10 @@ struct chat {
     struct ap__http_call *pending;
     long pending_delay;
     /* Checks and review. */
-    bool recorded;       /* this attempt's result went to its breaker */
-    long next_delay;     /* the wait before the next attempt, when it starts from a job */
-    char *candidate;     /* the last answer that failed the checks, for a review item */
-    char why[96];        /* why the last step fell through */
+    bool recorded;   /* this attempt's result went to its breaker */
+    long next_delay; /* the wait before the next attempt, when it starts from a job */
+    char *candidate; /* the last answer that failed the checks, for a review item */
+    char why[96];    /* why the last step fell through */
     /* Header values (kept alive until the response is built). */
     char h_before[24], h_after[24], h_saved[24], h_usd_saved[32], h_cost[32], h_prep[24],
         h_route[96];
@@ -331,17 +333,33 @@ static const char *const *chat_headers(struct chat *c)
                  c->chain.step[c->step].model, c->step + 1, c->chain.n_steps);
     else
         snprintf(c->h_route, sizeof(c->h_route), "%.60s", r->provider);
-    const char *h[] = {"x-aperture-provider",         r->provider,
-                       "x-aperture-model",            r->model,
-                       "x-aperture-route",            c->h_route,
-                       "x-aperture-image-tokens-before", c->h_before,
-                       "x-aperture-image-tokens-after", c->h_after,
-                       "x-aperture-tokens-saved",     c->h_saved,
-                       "x-aperture-usd-saved",        c->h_usd_saved,
-                       "x-aperture-cost-usd",         c->h_cost,
-                       "x-aperture-preprocess-ms",    c->h_prep,
-                       "x-aperture-cache",            c->cache_hdr ? c->cache_hdr : "off",
-                       NULL, NULL, NULL, NULL, NULL, NULL, NULL};
+    const char *h[] = {"x-aperture-provider",
+                       r->provider,
+                       "x-aperture-model",
+                       r->model,
+                       "x-aperture-route",
+                       c->h_route,
+                       "x-aperture-image-tokens-before",
+                       c->h_before,
+                       "x-aperture-image-tokens-after",
+                       c->h_after,
+                       "x-aperture-tokens-saved",
+                       c->h_saved,
+                       "x-aperture-usd-saved",
+                       c->h_usd_saved,
+                       "x-aperture-cost-usd",
+                       c->h_cost,
+                       "x-aperture-preprocess-ms",
+                       c->h_prep,
+                       "x-aperture-cache",
+                       c->cache_hdr ? c->cache_hdr : "off",
+                       NULL,
+                       NULL,
+                       NULL,
+                       NULL,
+                       NULL,
+                       NULL,
+                       NULL};
     size_t n = sizeof(h) / sizeof(h[0]) - 7;
     if (r->rule[0]) {
         h[n++] = "x-aperture-rule";
@@ -376,8 +394,8 @@ static json_t *native_answer(struct chat *c, const json_t *resp)
 {
     struct ap__req *r = c->r;
     json_t *choice = json_array_get(json_object_get(resp, "choices"), 0);
-    const char *text = json_string_value(json_object_get(json_object_get(choice, "message"),
-                                                         "content"));
+    const char *text =
+        json_string_value(json_object_get(json_object_get(choice, "message"), "content"));
     json_t *answer = NULL;
     if (text) {
         /* Models often wrap JSON in a fenced block; take the outermost object if there is one. */
@@ -394,25 +412,24 @@ static json_t *native_answer(struct chat *c, const json_t *resp)
         before += f->tokens_before > 0 ? f->tokens_before : 0;
         after += f->tokens_after > 0 ? f->tokens_after : 0;
         json_array_append_new(
-            images, json_pack("{s:s, s:s, s:i, s:i, s:I, s:i, s:i, s:I, s:i, s:s, s:f}", "sha256_16",
-                              f->sha16, "format", f->format, "original_width", (int)f->in_w,
-                              "original_height", (int)f->in_h, "original_bytes",
-                              (json_int_t)f->in_bytes, "processed_width", (int)f->out_w,
-                              "processed_height", (int)f->out_h, "processed_bytes",
-                              (json_int_t)f->out_bytes, "orientation", f->orientation,
-                              "metadata_removed", f->meta_removed, "preprocess_ms", f->prep_ms));
+            images,
+            json_pack("{s:s, s:s, s:i, s:i, s:I, s:i, s:i, s:I, s:i, s:s, s:f}", "sha256_16",
+                      f->sha16, "format", f->format, "original_width", (int)f->in_w,
+                      "original_height", (int)f->in_h, "original_bytes", (json_int_t)f->in_bytes,
+                      "processed_width", (int)f->out_w, "processed_height", (int)f->out_h,
+                      "processed_bytes", (json_int_t)f->out_bytes, "orientation", f->orientation,
+                      "metadata_removed", f->meta_removed, "preprocess_ms", f->prep_ms));
     }
-    return json_pack("{s:s, s:s?, s:s, s:s, s:o?, s:s?, s:{s:I, s:I}, s:f, s:{s:I, s:I, s:I}, "
-                     "s:o, s:{s:f, s:f, s:f}}",
-                     "id", r->id, "task", r->task_header, "model", r->model, "provider",
-                     r->provider, "answer", answer, "finish_reason",
-                     json_string_value(json_object_get(choice, "finish_reason")), "usage",
-                     "input_tokens", (json_int_t)AP_MAX(r->in_tokens, 0), "output_tokens",
-                     (json_int_t)AP_MAX(r->out_tokens, 0), "cost_usd", r->cost_usd,
-                     "image_tokens", "before", (json_int_t)before, "after", (json_int_t)after,
-                     "saved", (json_int_t)(before > after ? before - after : 0), "images", images,
-                     "latency_ms", "preprocess", r->prep_ms, "upstream", r->upstream_ms, "total",
-                     ap__now_ms() - r->t_start);
+    return json_pack(
+        "{s:s, s:s?, s:s, s:s, s:o?, s:s?, s:{s:I, s:I}, s:f, s:{s:I, s:I, s:I}, "
+        "s:o, s:{s:f, s:f, s:f}}",
+        "id", r->id, "task", r->task_header, "model", r->model, "provider", r->provider, "answer",
+        answer, "finish_reason", json_string_value(json_object_get(choice, "finish_reason")),
+        "usage", "input_tokens", (json_int_t)AP_MAX(r->in_tokens, 0), "output_tokens",
+        (json_int_t)AP_MAX(r->out_tokens, 0), "cost_usd", r->cost_usd, "image_tokens", "before",
+        (json_int_t)before, "after", (json_int_t)after, "saved",
+        (json_int_t)(before > after ? before - after : 0), "images", images, "latency_ms",
+        "preprocess", r->prep_ms, "upstream", r->upstream_ms, "total", ap__now_ms() - r->t_start);
 }
 
 /* A canonical response to the client's dialect, with the accounting headers. */
@@ -455,8 +472,8 @@ static void reply_upstream_error(struct chat *c, ap_status rc, long status, cons
     struct ap__req *r = c->r;
     const char *prov = c->prov->name;
     if (rc == AP_ETIMEOUT) {
-        ap__req_error(r, 504, r->dialect == AP__DIALECT_ANTHROPIC ? "api_error" : "timeout",
-                      NULL, "%s: upstream timed out: %s", prov, msg);
+        ap__req_error(r, 504, r->dialect == AP__DIALECT_ANTHROPIC ? "api_error" : "timeout", NULL,
+                      "%s: upstream timed out: %s", prov, msg);
     } else if (rc != AP_OK && rc != AP_EUPSTREAM) {
         ap__req_error(r, 502, r->dialect == AP__DIALECT_ANTHROPIC ? "api_error" : "upstream_error",
                       NULL, "%s: upstream unreachable: %s", prov, msg);
@@ -503,7 +520,8 @@ static void emit_chunk(void *ctx, const json_t *chunk)
     struct ap__req *r = c->r;
     json_t *u = json_object_get(chunk, "usage");
     if (json_is_object(u)) {
-        json_t *pt = json_object_get(u, "prompt_tokens"), *ct = json_object_get(u, "completion_tokens");
+        json_t *pt = json_object_get(u, "prompt_tokens"),
+               *ct = json_object_get(u, "completion_tokens");
         if (json_is_integer(pt))
             c->usage.input_tokens = (long)json_integer_value(pt);
         if (json_is_integer(ct))
@@ -583,8 +601,8 @@ static void on_stream_done(void *ctx, ap_status rc, long status, const char *bod
             ap_error err = {0};
             json_t *resp = NULL;
             struct ap__usage u;
-            ap_status prc = c->ops->parse(c->prov, status, c->errbuf ? c->errbuf : "",
-                                          c->errlen, &resp, &u, &err);
+            ap_status prc = c->ops->parse(c->prov, status, c->errbuf ? c->errbuf : "", c->errlen,
+                                          &resp, &u, &err);
             json_decref(resp);
             reply_upstream_error(c, prc == AP_OK ? AP_EUPSTREAM : prc, status,
                                  err.msg[0] ? err.msg : "upstream error");
@@ -604,17 +622,17 @@ static void on_stream_done(void *ctx, ap_status rc, long status, const char *bod
     account(c);
     breaker_result(c, rc == AP_OK);
     if (rc != AP_OK)
-        snprintf(r->error, sizeof(r->error), "%.40s: stream ended early: %.180s", c->prov->name, errmsg);
+        snprintf(r->error, sizeof(r->error), "%.40s: stream ended early: %.180s", c->prov->name,
+                 errmsg);
     if (rc == AP_OK && c->cacheable) {
         /* The whole answer, rebuilt from the stream, for the cache and any waiters. */
-        json_t *whole = json_pack("{s:s, s:s, s:s, s:[{s:i, s:{s:s, s:s}, s:s}], s:{s:I, s:I}}",
-                                  "id", r->id, "object", "chat.completion", "model", r->model,
-                                  "choices", "index", 0, "message", "role", "assistant",
-                                  "content", c->acc_text ? c->acc_text : "", "finish_reason",
-                                  c->acc_finish[0] ? c->acc_finish : "stop", "usage",
-                                  "prompt_tokens", (json_int_t)AP_MAX(c->usage.input_tokens, 0),
-                                  "completion_tokens",
-                                  (json_int_t)AP_MAX(c->usage.output_tokens, 0));
+        json_t *whole =
+            json_pack("{s:s, s:s, s:s, s:[{s:i, s:{s:s, s:s}, s:s}], s:{s:I, s:I}}", "id", r->id,
+                      "object", "chat.completion", "model", r->model, "choices", "index", 0,
+                      "message", "role", "assistant", "content", c->acc_text ? c->acc_text : "",
+                      "finish_reason", c->acc_finish[0] ? c->acc_finish : "stop", "usage",
+                      "prompt_tokens", (json_int_t)AP_MAX(c->usage.input_tokens, 0),
+                      "completion_tokens", (json_int_t)AP_MAX(c->usage.output_tokens, 0));
         if (whole) {
             cache_store(c, whole);
             flight_finish(c, whole, 200, NULL);
@@ -657,7 +675,8 @@ static void on_done(void *ctx, ap_status rc, long status, const char *body, size
     } else {
         ap_error err = {0};
         json_t *resp = NULL;
-        ap_status prc = c->ops->parse(c->prov, status, body ? body : "", len, &resp, &c->usage, &err);
+        ap_status prc =
+            c->ops->parse(c->prov, status, body ? body : "", len, &resp, &c->usage, &err);
         const char *bad = prc == AP_OK ? answer_check(c, resp) : NULL;
         if (bad) {
             free(c->candidate); /* the best answer so far, for a review item */
@@ -725,13 +744,13 @@ static void stream_canon(struct chat *c, json_t *resp)
     const char *text = json_string_value(json_object_get(msg, "content"));
     const char *id = json_string_value(json_object_get(resp, "id"));
     json_t *chunks[3];
-    chunks[0] = json_pack("{s:s, s:s, s:s, s:[{s:i, s:{s:s, s:s}, s:n}]}", "id", id ? id : r->id,
-                          "object", "chat.completion.chunk", "model", r->model, "choices", "index",
-                          0, "delta", "role", "assistant", "content", text ? text : "",
-                          "finish_reason");
-    chunks[1] = json_pack("{s:s, s:s, s:s, s:[{s:i, s:{}, s:s}]}", "id", id ? id : r->id,
-                          "object", "chat.completion.chunk", "model", r->model, "choices", "index",
-                          0, "delta", "finish_reason", fr ? fr : "stop");
+    chunks[0] =
+        json_pack("{s:s, s:s, s:s, s:[{s:i, s:{s:s, s:s}, s:n}]}", "id", id ? id : r->id, "object",
+                  "chat.completion.chunk", "model", r->model, "choices", "index", 0, "delta",
+                  "role", "assistant", "content", text ? text : "", "finish_reason");
+    chunks[1] = json_pack("{s:s, s:s, s:s, s:[{s:i, s:{}, s:s}]}", "id", id ? id : r->id, "object",
+                          "chat.completion.chunk", "model", r->model, "choices", "index", 0,
+                          "delta", "finish_reason", fr ? fr : "stop");
     chunks[2] = json_pack("{s:s, s:s, s:s, s:[], s:{s:i, s:i, s:i}}", "id", id ? id : r->id,
                           "object", "chat.completion.chunk", "model", r->model, "choices", "usage",
                           "prompt_tokens", 0, "completion_tokens", 0, "total_tokens", 0);
@@ -771,7 +790,6 @@ static void deliver(struct chat *c, json_t *resp)
     else
         reply_canon(c, resp);
 }
-
 
 /* ---- cache ---------------------------------------------------------------------------------- */
 
@@ -976,8 +994,8 @@ static void store_run(void *arg)
     if (j->need_content &&
         !content_fingerprint((const uint8_t *const *)j->imgs, j->lens, j->n, &j->key))
         j->key.has_content = false;
-    ap_status rc = ap_cache_put(j->gw->cache, &j->key, j->task, j->value, strlen(j->value),
-                                j->meta, j->meta ? strlen(j->meta) : 0, j->ttl, &err);
+    ap_status rc = ap_cache_put(j->gw->cache, &j->key, j->task, j->value, strlen(j->value), j->meta,
+                                j->meta ? strlen(j->meta) : 0, j->ttl, &err);
     ap__cache_backend_state(j->gw, rc != AP_ENETWORK, err.msg);
     for (size_t i = 0; i < j->n; i++)
         free(j->imgs[i]);
@@ -1048,8 +1066,8 @@ static bool cache_lookup(struct chat *c)
     if (hit.kind == AP_CACHE_HIT_NEAR && !c->tolerant) {
         /* A pHash neighbour exists; it may be the same template with other numbers. */
         ap_cache_hit_release(&hit);
-        if (!content_fingerprint((const uint8_t *const *)c->img_bytes, c->img_len,
-                                 c->n_key_img, &c->key))
+        if (!content_fingerprint((const uint8_t *const *)c->img_bytes, c->img_len, c->n_key_img,
+                                 &c->key))
             return false;
         rc = ap_cache_get(gw->cache, &c->key, c->task, gw->near_threshold, false, &hit, &err);
         if (rc != AP_OK)
@@ -1084,7 +1102,6 @@ static bool cache_lookup(struct chat *c)
     deliver(c, resp);
     return true;
 }
-
 
 /* ---- resilience: steps, deployments, retries, breakers, limits, fallbacks -------------------- */
 
@@ -1179,8 +1196,7 @@ static void breaker_result(struct chat *c, bool success)
     if (c->recorded || st->review || !has_breaker(c->prov))
         return;
     c->recorded = true;
-    ap_breaker_record(c->r->gw->breakers, dep_key(c), (int64_t)ap__now_ms(), success,
-                      c->is_probe);
+    ap_breaker_record(c->r->gw->breakers, dep_key(c), (int64_t)ap__now_ms(), success, c->is_probe);
     breaker_metric(c, dep_key(c));
 }
 
@@ -1252,12 +1268,13 @@ static const char *answer_check(struct chat *c, const json_t *resp)
     const ap_task_conf *tc = ap_config_task(c->r->gw->cfg, c->task);
     json_t *rf = json_object_get(c->canon, "response_format");
     const char *type = json_string_value(json_object_get(rf, "type"));
-    bool want_json = (type && (strcmp(type, "json_object") == 0 || strcmp(type, "json_schema") == 0)) ||
-                     (tc && (tc->json || tc->n_required > 0));
+    bool want_json =
+        (type && (strcmp(type, "json_object") == 0 || strcmp(type, "json_schema") == 0)) ||
+        (tc && (tc->json || tc->n_required > 0));
     if (!want_json)
         return NULL;
-    const char *text = json_string_value(json_object_get(json_object_get(ch0, "message"),
-                                                         "content"));
+    const char *text =
+        json_string_value(json_object_get(json_object_get(ch0, "message"), "content"));
     const char *a = text ? strchr(text, '{') : NULL, *b = text ? strrchr(text, '}') : NULL;
     json_t *j = a && b && b > a ? json_loadb(a, (size_t)(b - a + 1), 0, NULL) : NULL;
     if (!json_is_object(j)) {
@@ -1351,9 +1368,9 @@ static bool try_again(struct chat *c, ap_status rc, long status, const char *bad
     if (bad_answer == NULL && ap_retry_should(pol, c->attempt, rc, status, false, c->began)) {
         struct timespec now;
         clock_gettime(CLOCK_REALTIME, &now);
-        long delay = ap_retry_delay_ms(pol, c->attempt, c->retry_after[0] ? c->retry_after : NULL,
-                                       NULL, (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000,
-                                       &c->rng);
+        long delay =
+            ap_retry_delay_ms(pol, c->attempt, c->retry_after[0] ? c->retry_after : NULL, NULL,
+                              (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000, &c->rng);
         size_t k;
         bool probe;
         if (ap_retry_fits_deadline(pol, elapsed, delay) &&
@@ -1419,10 +1436,9 @@ static void limit_refused(struct chat *c, long retry_after_ms, const char *why)
         return;
     long s = retry_after_ms > 0 ? (retry_after_ms + 999) / 1000 : 1;
     snprintf(r->retry_after, sizeof(r->retry_after), "%ld", s);
-    ap__req_error(r, 429,
-                  r->dialect == AP__DIALECT_ANTHROPIC ? "rate_limit_error" : "rate_limit_exceeded",
-                  NULL, "%s: over this gateway's limits for the provider (%s); retry in %ld s",
-                  prov, why, s);
+    ap__req_error(
+        r, 429, r->dialect == AP__DIALECT_ANTHROPIC ? "rate_limit_error" : "rate_limit_exceeded",
+        NULL, "%s: over this gateway's limits for the provider (%s); retry in %ld s", prov, why, s);
     flight_finish(c, NULL, 429, r->error);
     ap__req_unref(r);
     chat_free(c);
@@ -1497,8 +1513,8 @@ static void review_job(void *arg)
     size_t *ocr_len = NULL, n_ocr = 0;
     ap_status rc = AP_OK;
     if (gw->review == NULL) {
-        rc = ap_error_set(&err, AP_ENETWORK, "%s", gw->review_err[0] ? gw->review_err
-                                                                     : "no review store");
+        rc = ap_error_set(&err, AP_ENETWORK, "%s",
+                          gw->review_err[0] ? gw->review_err : "no review store");
     } else if (!reprepare(c, "default", &ocr, &ocr_len, &n_ocr)) {
         rc = AP_EINVAL; /* answered by prepare_images */
     } else {
@@ -1532,9 +1548,9 @@ static void review_job(void *arg)
         flight_finish(c, resp, 200, NULL);
         deliver(c, resp);
     } else if (!r->answered) {
-        ap__req_error(r, 503, r->dialect == AP__DIALECT_ANTHROPIC ? "overloaded_error" : "unavailable",
-                      NULL, "no model step could answer and the review queue is unavailable: %s",
-                      err.msg);
+        ap__req_error(
+            r, 503, r->dialect == AP__DIALECT_ANTHROPIC ? "overloaded_error" : "unavailable", NULL,
+            "no model step could answer and the review queue is unavailable: %s", err.msg);
         flight_finish(c, NULL, 503, r->error);
     } else {
         flight_finish(c, NULL, r->status, r->error);
@@ -1579,7 +1595,8 @@ static void step_run(struct chat *c, uint8_t **ocr, size_t *ocr_len, size_t n_oc
                 if (fall_through(c, bad))
                     return;
                 ap__req_unref(r);
-                ap__req_error(r, 502, "upstream_error", NULL, "local: the answer failed the task's checks");
+                ap__req_error(r, 502, "upstream_error", NULL,
+                              "local: the answer failed the task's checks");
                 flight_finish(c, NULL, 502, r->error);
             } else {
                 if (bad == NULL)
@@ -1693,8 +1710,8 @@ static void start_attempt(struct chat *c, long delay_ms)
     c->acc_finish[0] = '\0';
     memset(&c->usage, 0, sizeof(c->usage));
     struct ap__http_call *call = ap__xcalloc(1, sizeof(*call));
-    if (c->ops == NULL || c->ops->build(c->prov, c->upstream, c->canon, c->stream, &call->req,
-                                        &err) != AP_OK) {
+    if (c->ops == NULL ||
+        c->ops->build(c->prov, c->upstream, c->canon, c->stream, &call->req, &err) != AP_OK) {
         free(call);
         ap__req_error(r, 400, "invalid_request_error", NULL, "%s",
                       c->ops ? err.msg : "provider has no implementation");
@@ -1706,8 +1723,8 @@ static void start_attempt(struct chat *c, long delay_ms)
     long prov_timeout = c->prov->timeout_ms > 0 ? c->prov->timeout_ms : 600000;
     long left = ap_retry_attempt_timeout_ms(&gw->cfg->retry, (long)(ap__now_ms() - c->t_first),
                                             prov_timeout);
-    call->connect_timeout_ms = c->prov->connect_timeout_ms > 0 ? c->prov->connect_timeout_ms
-                                                               : 10000;
+    call->connect_timeout_ms =
+        c->prov->connect_timeout_ms > 0 ? c->prov->connect_timeout_ms : 10000;
     call->timeout_ms = left > 0 ? left : 1;
     call->max_body = 64u << 20;
     call->ctx = c;
@@ -1785,16 +1802,21 @@ static void classify_done(void *ctx, ap_status rc, long status, const char *body
     json_t *resp = NULL;
     struct ap__usage u = {0};
     ap_error err = {0};
-    ap_status prc = rc == AP_OK ? k->ops->parse(k->prov, status, body ? body : "", len, &resp, &u,
-                                                &err)
-                                : rc;
-    bool healthy = prc == AP_OK || !ap_retry_transient(&gw->cfg->retry, prc == AP_EUPSTREAM ? AP_EUPSTREAM : prc, status);
+    ap_status prc =
+        rc == AP_OK ? k->ops->parse(k->prov, status, body ? body : "", len, &resp, &u, &err) : rc;
+    bool healthy =
+        prc == AP_OK ||
+        !ap_retry_transient(&gw->cfg->retry, prc == AP_EUPSTREAM ? AP_EUPSTREAM : prc, status);
     ap_breaker_record(gw->breakers, k->key, (int64_t)ap__now_ms(), healthy, k->probe);
     const char *text = json_string_value(json_object_get(
-        json_object_get(json_array_get(json_object_get(resp, "choices"), 0), "message"), "content"));
+        json_object_get(json_array_get(json_object_get(resp, "choices"), 0), "message"),
+        "content"));
     const char *cls = text ? ap_router_class(k->ts, text) : NULL;
     ap__metrics_add(gw->metrics, "aperture_two_stage_total",
-                    (const char *[]){"class", cls ? cls : prc == AP_OK ? "unknown" : "error",
+                    (const char *[]){"class",
+                                     cls            ? cls
+                                     : prc == AP_OK ? "unknown"
+                                                    : "error",
                                      "full", cls && !ap_router_valuable(k->ts, cls) ? "no" : "yes",
                                      NULL},
                     1);
@@ -1806,14 +1828,14 @@ static void classify_done(void *ctx, ap_status rc, long status, const char *body
         /* Not worth the full run: the class is the answer. */
         char content[96];
         snprintf(content, sizeof(content), "{\"class\":\"%.60s\"}", cls);
-        json_t *ans = json_pack("{s:s, s:s, s:I, s:s, s:[{s:i, s:{s:s, s:s}, s:s}], s:{s:I, s:I, s:I}}",
-                                "id", r->id, "object", "chat.completion", "created",
-                                (json_int_t)time(NULL), "model", r->model, "choices", "index", 0,
-                                "message", "role", "assistant", "content", content,
-                                "finish_reason", "stop", "usage", "prompt_tokens",
-                                (json_int_t)AP_MAX(u.input_tokens, 0), "completion_tokens",
-                                (json_int_t)AP_MAX(u.output_tokens, 0), "total_tokens",
-                                (json_int_t)(AP_MAX(u.input_tokens, 0) + AP_MAX(u.output_tokens, 0)));
+        json_t *ans =
+            json_pack("{s:s, s:s, s:I, s:s, s:[{s:i, s:{s:s, s:s}, s:s}], s:{s:I, s:I, s:I}}", "id",
+                      r->id, "object", "chat.completion", "created", (json_int_t)time(NULL),
+                      "model", r->model, "choices", "index", 0, "message", "role", "assistant",
+                      "content", content, "finish_reason", "stop", "usage", "prompt_tokens",
+                      (json_int_t)AP_MAX(u.input_tokens, 0), "completion_tokens",
+                      (json_int_t)AP_MAX(u.output_tokens, 0), "total_tokens",
+                      (json_int_t)(AP_MAX(u.input_tokens, 0) + AP_MAX(u.output_tokens, 0)));
         json_decref(resp);
         snprintf(r->route_method, sizeof(r->route_method), "two-stage");
         c->usage = u;
@@ -1872,11 +1894,11 @@ static bool classify_start(struct chat *c)
     if (ts->prompt) {
         snprintf(prompt, sizeof(prompt), "%s", ts->prompt);
     } else {
-        size_t off = (size_t)snprintf(prompt, sizeof(prompt),
-                                      "Classify this image as exactly one of:");
+        size_t off =
+            (size_t)snprintf(prompt, sizeof(prompt), "Classify this image as exactly one of:");
         for (size_t i = 0; i < ts->n_classes && off < sizeof(prompt); i++)
-            off += (size_t)snprintf(prompt + off, sizeof(prompt) - off, "%s %s",
-                                    i ? "," : "", ts->classes[i]);
+            off += (size_t)snprintf(prompt + off, sizeof(prompt) - off, "%s %s", i ? "," : "",
+                                    ts->classes[i]);
         if (off < sizeof(prompt))
             snprintf(prompt + off, sizeof(prompt) - off, ". Answer with the class name only.");
     }
@@ -1905,16 +1927,16 @@ static bool classify_start(struct chat *c)
             json_decref(content);
             return false;
         }
-        json_array_append_new(content, json_pack("{s:s, s:{s:s}}", "type", "image_url",
-                                                 "image_url", "url", durl));
+        json_array_append_new(
+            content, json_pack("{s:s, s:{s:s}}", "type", "image_url", "image_url", "url", durl));
         free(durl);
     }
-    json_t *canon = json_pack("{s:s, s:[{s:s, s:o}], s:i, s:i}", "model", ts->model, "messages",
-                              "role", "user", "content", content, "max_tokens", 20,
-                              "temperature", 0);
+    json_t *canon =
+        json_pack("{s:s, s:[{s:s, s:o}], s:i, s:i}", "model", ts->model, "messages", "role", "user",
+                  "content", content, "max_tokens", 20, "temperature", 0);
     struct ap__http_call *call = ap__xcalloc(1, sizeof(*call));
-    ap_status brc = canon ? ops->build(prov, up ? up : ts->model, canon, false, &call->req, NULL)
-                          : AP_ENOMEM;
+    ap_status brc =
+        canon ? ops->build(prov, up ? up : ts->model, canon, false, &call->req, NULL) : AP_ENOMEM;
     json_decref(canon);
     if (brc != AP_OK) {
         free(call);
@@ -1941,7 +1963,8 @@ static bool classify_start(struct chat *c)
     return true;
 }
 
-/* ---- the handler -------------------------------------------------------------------------------- */
+/* ---- the handler --------------------------------------------------------------------------------
+ */
 
 /* Append s (and a newline before it when buf is not empty) to buf, truncating at cap. */
 static void append_capped(char *buf, size_t cap, size_t *off, const char *s)
@@ -2043,8 +2066,8 @@ static bool load_images(struct chat *c, bool probe)
             char ph[32];
             snprintf(ph, sizeof(ph), "raw:%zu", c->n_raw++);
             json_t *niu = json_pack("{s:s}", "url", ph);
-            const char *detail = json_is_object(iu) ? json_string_value(json_object_get(iu, "detail"))
-                                                     : NULL;
+            const char *detail =
+                json_is_object(iu) ? json_string_value(json_object_get(iu, "detail")) : NULL;
             if (detail)
                 json_object_set_new(niu, "detail", json_string(detail));
             json_object_set_new(part, "image_url", niu);
@@ -2173,7 +2196,9 @@ static bool prepare_images(struct chat *c, const char *force_target, uint8_t ***
         }
     }
     snprintf(c->prepared, sizeof(c->prepared), "%s",
-             local ? "ocr" : force_target ? force_target : step_target(c));
+             local          ? "ocr"
+             : force_target ? force_target
+                            : step_target(c));
     return true;
 }
 
@@ -2251,10 +2276,9 @@ static bool route(struct chat *c, const char *ctask, const char *model)
     }
     c->restricted = ap_router_restricted(r->data_class);
     if (c->restricted && ap_router_restrict(&c->chain, &err) != AP_OK) {
-        ap__req_error(r, 403,
-                      r->dialect == AP__DIALECT_ANTHROPIC ? "permission_error"
-                                                          : "permission_denied",
-                      NULL, "%s", err.msg);
+        ap__req_error(
+            r, 403, r->dialect == AP__DIALECT_ANTHROPIC ? "permission_error" : "permission_denied",
+            NULL, "%s", err.msg);
         return false;
     }
     return true;
@@ -2282,9 +2306,8 @@ void ap__chat_run(struct ap__req *r, json_t *canon)
     const char *model = json_string_value(jm);
     snprintf(r->model, sizeof(r->model), "%s", model);
     /* A task named by the client but not configured has no fallbacks of its own. */
-    const char *ctask = r->task_header && ap_config_task(gw->cfg, r->task_header)
-                            ? r->task_header
-                            : NULL;
+    const char *ctask =
+        r->task_header && ap_config_task(gw->cfg, r->task_header) ? r->task_header : NULL;
     snprintf(c->task, sizeof(c->task), "%s", r->task_header ? r->task_header : "chat");
     c->t_first = ap__now_ms();
     c->rng = (uint64_t)(c->t_first * 1000.0) ^ (uint64_t)(uintptr_t)c;
@@ -2318,8 +2341,8 @@ void ap__chat_run(struct ap__req *r, json_t *canon)
         if (r->cache_ttl_header && atol(r->cache_ttl_header) > 0)
             c->ttl_s = atol(r->cache_ttl_header);
         c->cacheable = true;
-        cache_key(c, c->prov->type == AP_PROVIDER_LOCAL ? "ocr"
-                                                        : target_for(c->mconf, c->prov, NULL));
+        cache_key(c,
+                  c->prov->type == AP_PROVIDER_LOCAL ? "ocr" : target_for(c->mconf, c->prov, NULL));
         if (bypass) {
             r->cache_result = "bypass";
             c->cache_hdr = "bypass";

@@ -854,7 +854,8 @@ static void open_resilience(struct ap_gateway *gw)
     ap_error err = {0};
     if (ap_review_open(rv, &gw->review, &err) != AP_OK) {
         gw->review = NULL;
-        snprintf(gw->review_err, sizeof(gw->review_err), "review store unavailable: %.120s", err.msg);
+        snprintf(gw->review_err, sizeof(gw->review_err), "review store unavailable: %.120s",
+                 err.msg);
         json_t *j = json_pack("{s:s, s:s}", "event", "review_disabled", "message", err.msg);
         char *line = j ? json_dumps(j, JSON_COMPACT) : NULL;
         json_decref(j);

@@ -22,9 +22,11 @@
 #define EXAMPLE AP_SOURCE_DIR "/config/aperture.example.yaml"
 #define DOC     AP_SOURCE_DIR "/docs/CONFIG.md"
 
-/* SHA-256 of "test" and of "another-key". */
+/* SHA-256 of "test", "another-key", "batch-key" and "partner-key". */
 #define SHA_TEST    "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 #define SHA_ANOTHER "dfc42b5169264b0614a973f3460a90a255e72d3bf083ced693776b21a3821690"
+#define SHA_BATCH   "9d8db2a67d146638c07fbb5652ad998062e2e2fa857eef026c40c444b07e3872"
+#define SHA_PARTNER "346e50af211b5135824bb2bb58fe0f9e6df228adcf10c58a37fbc46b57baee74"
 
 /* Every variable the loader reads (the per-setting ones are APERTURE_ + the key). */
 static const char *const settings_keys[] = {
@@ -52,6 +54,7 @@ static const char *const settings_keys[] = {
     "fetch_max_bytes",
     "log_file",
     "log_prompts",
+    "review_url",
     "retry.max_attempts",
     "retry.base_ms",
     "retry.cap_ms",
@@ -165,7 +168,6 @@ static void test_config__loads_the_example(void **state)
 
     assert_string_equal(c->listen, "127.0.0.1:8080");
     assert_int_equal(c->max_body_bytes, 64u << 20);
-    assert_int_equal(c->n_client_keys, 2);
     assert_string_equal(c->client_key_sha256[0], SHA_TEST);
     assert_string_equal(c->client_key_sha256[1], SHA_ANOTHER);
     assert_true(c->rate_rps == 5.0);
@@ -178,7 +180,7 @@ static void test_config__loads_the_example(void **state)
         seen[c->providers[i].type] = true;
     for (int t = 0; t < 5; t++)
         assert_true(seen[t]);
-    assert_int_equal(c->n_providers, 5);
+    assert_int_equal(c->n_providers, 6);
     const ap_provider_conf *vllm = provider(c, "my-vllm");
     assert_non_null(vllm);
     assert_string_equal(vllm->base_url, "http://127.0.0.1:8000/v1");
@@ -190,6 +192,24 @@ static void test_config__loads_the_example(void **state)
                         "https://generativelanguage.googleapis.com/v1beta");
     assert_int_equal(provider(c, "gemini")->timeout_ms, 300000);
     assert_true(provider(c, "local")->enabled);
+    /* self_hosted and limits. */
+    assert_true(vllm->self_hosted);
+    assert_int_equal(vllm->max_in_flight, 8);
+    assert_int_equal(vllm->queue_max, 200);
+    assert_int_equal(vllm->queue_timeout_ms, 60000);
+    assert_true(vllm->rpm == 0 && vllm->tpm == 0);
+    const ap_provider_conf *oa = provider(c, "openai");
+    assert_false(oa->self_hosted);
+    assert_int_equal(oa->max_in_flight, 64);
+    assert_true(oa->rpm == 500.0);
+    assert_true(oa->tpm == 200000.0);
+    assert_int_equal(oa->queue_max, 100);
+    assert_int_equal(oa->queue_timeout_ms, 30000);
+    assert_false(provider(c, "gemini")->self_hosted);
+    assert_true(provider(c, "my-vllm-b")->self_hosted);
+    assert_int_equal(provider(c, "my-vllm-b")->max_in_flight, 4);
+    assert_int_equal(provider(c, "my-vllm-b")->queue_max, 100);
+    assert_true(provider(c, "local")->self_hosted);
 
     /* Disabled providers are warnings naming the variable; never a failure. */
     assert_true(c->n_warnings >= 1);
@@ -205,6 +225,19 @@ static void test_config__loads_the_example(void **state)
     assert_true(c->models[0].usd_per_mtok_out == 10.0);
     assert_string_equal(c->models[0].target, "openai-high");
     assert_string_equal(c->models[3].token_model, "qwen2.5-vl");
+    /* qwen-vl: two deployments, provider/upstream the first one's. */
+    assert_int_equal(c->models[3].n_deployments, 2);
+    assert_string_equal(c->models[3].provider, "my-vllm");
+    assert_string_equal(c->models[3].upstream, "Qwen/Qwen2.5-VL-7B-Instruct");
+    assert_string_equal(c->models[3].deployments[1].provider, "my-vllm-b");
+    assert_string_equal(c->models[3].deployments[1].upstream, "Qwen/Qwen2.5-VL-7B-Instruct");
+    assert_true(c->models[3].deployments[0].weight == 2.0);
+    assert_true(c->models[3].deployments[1].weight == 1.0);
+    /* The others: exactly one, made from provider/upstream. */
+    assert_int_equal(c->models[0].n_deployments, 1);
+    assert_string_equal(c->models[0].deployments[0].provider, "openai");
+    assert_string_equal(c->models[0].deployments[0].upstream, "gpt-4o-2024-08-06");
+    assert_true(c->models[0].deployments[0].weight == 1.0);
     assert_false(c->models[3].has_token_patch);
     assert_true(c->models[4].has_token_patch);
     assert_int_equal(c->models[4].token_patch.patch_px, 16);
@@ -228,6 +261,58 @@ static void test_config__loads_the_example(void **state)
     assert_string_equal(c->models[0].fallbacks[0], "claude-sonnet");
     assert_string_equal(c->models[0].fallbacks[3], "review");
     assert_int_equal(ap_config_task(c, "invoice_extraction")->n_fallbacks, 2);
+    const ap_task_conf *inv = ap_config_task(c, "invoice_extraction");
+    assert_true(inv->json); /* implied by required */
+    assert_int_equal(inv->n_required, 2);
+    assert_string_equal(inv->required[0], "vendor");
+    assert_string_equal(inv->required[1], "total");
+    assert_false(ap_config_task(c, "document_qa")->json);
+    assert_false(ap_config_task(c, "describe")->json);
+    assert_int_equal(ap_config_task(c, "describe")->n_required, 0);
+
+    /* Clients: the plain list as key1, key2, then the named ones. */
+    assert_int_equal(c->n_client_keys, 3);
+    assert_string_equal(c->client_key_name[0], "key1");
+    assert_string_equal(c->client_key_name[1], "key2");
+    assert_string_equal(c->client_key_name[2], "batch");
+    assert_string_equal(c->client_key_sha256[2], SHA_BATCH);
+
+    /* Routes, in order. */
+    assert_int_equal(c->n_routes, 4);
+    const ap_route_rule *r = &c->routes[0];
+    assert_string_equal(r->name, "restricted");
+    assert_string_equal(r->data_class, "restricted");
+    assert_int_equal(r->n_models, 3);
+    assert_string_equal(r->models[2], "review");
+    assert_null(r->task);
+    assert_null(r->two_stage);
+    assert_true(r->min_pixels == -1 && r->max_pixels == -1 && r->min_bytes == -1 &&
+                r->max_bytes == -1 && r->min_images == -1 && r->max_images == -1);
+    assert_string_equal(c->routes[1].task, "invoice_extraction");
+    r = &c->routes[2];
+    assert_string_equal(r->name, "batch-triage");
+    assert_int_equal(r->n_clients, 1);
+    assert_string_equal(r->clients[0], "batch");
+    assert_true(r->min_pixels == 1000000);
+    assert_int_equal(r->min_images, 1);
+    assert_int_equal(r->max_images, -1);
+    assert_non_null(r->two_stage);
+    assert_string_equal(r->two_stage->model, "gemini-flash");
+    assert_string_equal(r->two_stage->target, "thumbnail");
+    assert_int_equal(r->two_stage->n_classes, 4);
+    assert_int_equal(r->two_stage->n_valuable, 1);
+    assert_string_equal(r->two_stage->valuable[0], "document");
+    assert_string_equal(r->two_stage->prompt,
+                        "Classify this image as exactly one of: document, photo, screenshot, "
+                        "other. Answer with the class name only.");
+    assert_int_equal(r->n_models, 2);
+    r = &c->routes[3];
+    assert_string_equal(r->model, "gpt-4o");
+    assert_int_equal(r->n_keywords, 2);
+    assert_string_equal(r->keywords[1], "thumbnail");
+    assert_true(r->max_pixels == 262144 && r->max_bytes == 1048576);
+    assert_int_equal(r->max_images, 4);
+    assert_null(c->review_url);
     assert_int_equal(c->retry.max_attempts, 3);
     assert_int_equal(c->retry.n_on_status, 5);
     assert_int_equal(c->breaker.consecutive_failures, 5);
@@ -585,8 +670,8 @@ static const struct bad_case bad_cases[] = {
      2, "no route"},
     {"aliases", "listen: &l \"127.0.0.1:1\"\nlog_file: *l\n", "log_file", 2, "alias"},
     /* retry: and breaker: */
-    {"unknown retry key", "retry:\n  max_attempts: 2\n  max_attempt: 3\n", "retry.max_attempt",
-     3, "unknown key"},
+    {"unknown retry key", "retry:\n  max_attempts: 2\n  max_attempt: 3\n", "retry.max_attempt", 3,
+     "unknown key"},
     {"zero attempts", "workers: 1\nretry:\n  max_attempts: 0\n", "retry.max_attempts", 3,
      "at least 1"},
     {"negative base", "retry:\n  base_ms: -1\n", "retry.base_ms", 2, "negative"},
@@ -602,8 +687,7 @@ static const struct bad_case bad_cases[] = {
      " 414, 415, 416]\n",
      "retry.on_status", 2, "at most 16"},
     {"retry not a mapping", "retry: [1, 2]\n", "retry", 1, "expected a mapping"},
-    {"bad retry bool", "retry:\n  on_timeout: sometimes\n", "retry.on_timeout", 2,
-     "true or false"},
+    {"bad retry bool", "retry:\n  on_timeout: sometimes\n", "retry.on_timeout", 2, "true or false"},
     {"deadline over a day", "retry:\n  deadline_ms: 86400001\n", "retry.deadline_ms", 2,
      "at most 86400000"},
     {"error rate over 1", "breaker:\n  error_rate: 1.5\n", "breaker.error_rate", 2, "0 to 1"},
@@ -611,8 +695,8 @@ static const struct bad_case bad_cases[] = {
     {"zero probes", "breaker:\n  half_open_probes: 0\n", "breaker.half_open_probes", 2,
      "at least 1"},
     {"zero window", "breaker:\n  window_ms: 0\n", "breaker.window_ms", 2, "at least 1"},
-    {"negative failures", "breaker:\n  consecutive_failures: -5\n",
-     "breaker.consecutive_failures", 2, "negative"},
+    {"negative failures", "breaker:\n  consecutive_failures: -5\n", "breaker.consecutive_failures",
+     2, "negative"},
     /* fallbacks */
     {"fallback does not route",
      "models:\n  - name: a\n    provider: local\n    fallbacks: [local, mystery]\n",
@@ -642,10 +726,152 @@ static const struct bad_case bad_cases[] = {
      "tasks:\n  - name: t\n    model: local\n    prompt: p\n    fallbacks: [local, review]\n",
      "tasks[0].fallbacks[0]", 5, "the task's model"},
     {"task fallback is default_model",
-     "tasks:\n  - name: t\n    prompt: p\n    fallbacks: [local]\n", "tasks[0].fallbacks[0]",
-     4, "the task's model"},
-    {"model named review", "models:\n  - name: review\n    provider: local\n", "models[0].name",
-     2, "reserved"},
+     "tasks:\n  - name: t\n    prompt: p\n    fallbacks: [local]\n", "tasks[0].fallbacks[0]", 4,
+     "the task's model"},
+    {"model named review", "models:\n  - name: review\n    provider: local\n", "models[0].name", 2,
+     "reserved"},
+    /* self_hosted and limits */
+    {"self_hosted on a hosted api",
+     "providers:\n  - name: o\n    type: openai\n    self_hosted: true\n",
+     "providers[0].self_hosted", 4, "openai providers cannot be self-hosted"},
+    {"self_hosted on the zero-config anthropic",
+     "providers:\n  - name: anthropic\n    type: anthropic\n    self_hosted: yes\n",
+     "providers[0].self_hosted", 4, "cannot be self-hosted"},
+    {"self_hosted not a bool",
+     "providers:\n  - name: v\n    type: openai-compatible\n    base_url: http://h:1/v1\n"
+     "    self_hosted: mostly\n",
+     "providers[0].self_hosted", 5, "true or false"},
+    {"negative rpm", "providers:\n  - name: o\n    type: openai\n    limits:\n      rpm: -5\n",
+     "providers[0].limits.rpm", 5, "negative"},
+    {"tpm not a number",
+     "providers:\n  - name: o\n    type: openai\n    limits:\n      tpm: lots\n",
+     "providers[0].limits.tpm", 5, "number"},
+    {"negative max_in_flight",
+     "providers:\n  - name: o\n    type: openai\n    limits:\n      rpm: 1\n      max_in_flight: "
+     "-1\n",
+     "providers[0].limits.max_in_flight", 6, "negative"},
+    {"negative queue", "providers:\n  - name: o\n    type: openai\n    limits:\n      queue: -1\n",
+     "providers[0].limits.queue", 5, "negative"},
+    {"zero queue timeout",
+     "providers:\n  - name: o\n    type: openai\n    limits:\n      queue_timeout_ms: 0\n",
+     "providers[0].limits.queue_timeout_ms", 5, "at least 1"},
+    {"unknown limits key",
+     "providers:\n  - name: o\n    type: openai\n    limits:\n      burst: 3\n",
+     "providers[0].limits.burst", 5, "unknown key"},
+    /* deployments */
+    {"deployment names an unknown provider",
+     "models:\n  - name: m\n    deployments:\n      - provider: local\n      - provider: nope\n",
+     "models[0].deployments[1].provider", 5, "no provider named \"nope\""},
+    {"deployment weight zero",
+     "models:\n  - name: m\n    deployments:\n      - provider: local\n        weight: 0\n",
+     "models[0].deployments[0].weight", 5, "greater than 0"},
+    {"deployment weight negative",
+     "models:\n  - name: m\n    deployments:\n      - provider: local\n        weight: -1\n",
+     "models[0].deployments[0].weight", 5, "negative"},
+    {"deployment without provider", "models:\n  - name: m\n    deployments:\n      - upstream: x\n",
+     "models[0].deployments[0].provider", 4, "missing"},
+    {"deployment listed twice",
+     "models:\n  - name: m\n    deployments:\n      - provider: openai\n        upstream: a\n"
+     "      - provider: openai\n        upstream: a\n",
+     "models[0].deployments[1]", 6, "listed twice"},
+    {"too many deployments",
+     "models:\n  - name: m\n    deployments:\n"
+     "      - {provider: openai, upstream: a1}\n      - {provider: openai, upstream: a2}\n"
+     "      - {provider: openai, upstream: a3}\n      - {provider: openai, upstream: a4}\n"
+     "      - {provider: openai, upstream: a5}\n      - {provider: openai, upstream: a6}\n"
+     "      - {provider: openai, upstream: a7}\n      - {provider: openai, upstream: a8}\n"
+     "      - {provider: openai, upstream: a9}\n",
+     "models[0].deployments", 3, "at most 8"},
+    {"provider is not the first deployment's",
+     "models:\n  - name: m\n    provider: openai\n    deployments:\n      - provider: gemini\n",
+     "models[0].provider", 3, "first deployment's, \"gemini\""},
+    /* task checks */
+    {"json false with required fields",
+     "tasks:\n  - name: t\n    prompt: p\n    required: [total]\n    json: false\n",
+     "tasks[0].json", 5, "must be true"},
+    {"required field listed twice",
+     "tasks:\n  - name: t\n    prompt: p\n    required:\n      - total\n      - total\n",
+     "tasks[0].required[1]", 6, "twice"},
+    {"json not a bool", "tasks:\n  - name: t\n    prompt: p\n    json: sure\n", "tasks[0].json", 4,
+     "true or false"},
+    /* clients */
+    {"client key not a hash", "clients:\n  - name: a\n    key_sha256: abc\n",
+     "clients[0].key_sha256", 3, "SHA-256"},
+    {"duplicate client name",
+     "clients:\n  - name: a\n    key_sha256: \"" SHA_TEST
+     "\"\n  - name: a\n    key_sha256: \"" SHA_ANOTHER "\"\n",
+     "clients[1].name", 4, "duplicate client name"},
+    {"client named like a plain key",
+     "clients:\n  - name: key2\n    key_sha256: \"" SHA_TEST "\"\n", "clients[0].name", 2,
+     "key1, key2"},
+    {"named client repeats a plain key",
+     "client_keys_sha256: [\"" SHA_ANOTHER "\", \"" SHA_TEST "\"]\n"
+     "clients:\n  - name: a\n    key_sha256: \"" SHA_TEST "\"\n",
+     "clients[0].key_sha256", 4, "client_keys_sha256[1]"},
+    {"two clients, one key",
+     "clients:\n  - name: a\n    key_sha256: \"" SHA_TEST
+     "\"\n  - name: b\n    key_sha256: \"" SHA_TEST "\"\n",
+     "clients[1].key_sha256", 5, "clients[0]"},
+    {"client without a key", "clients:\n  - name: a\n", "clients[0].key_sha256", 2, "missing"},
+    /* routes */
+    {"duplicate route name",
+     "routes:\n  - name: r\n    models: [local]\n  - name: r\n    models: [local]\n",
+     "routes[1].name", 4, "duplicate route name"},
+    {"empty route name", "routes:\n  - name: \"\"\n    models: [local]\n", "routes[0].name", 2,
+     "empty"},
+    {"route model does not route",
+     "routes:\n  - name: r\n    models:\n      - local\n      - llava\n", "routes[0].models[1]", 5,
+     "no route for model \"llava\""},
+    {"route review not last", "routes:\n  - name: r\n    models: [review, local]\n",
+     "routes[0].models[0]", 3, "last step"},
+    {"route model twice", "routes:\n  - name: r\n    models: [local, local]\n",
+     "routes[0].models[1]", 3, "twice"},
+    {"route without action", "routes:\n  - name: r\n    task: describe\n", "routes[0]", 2,
+     "does nothing"},
+    {"two_stage classifier does not route",
+     "routes:\n  - name: r\n    two_stage:\n      model: tiny\n      classes: [a, b]\n"
+     "      valuable: [a]\n",
+     "routes[0].two_stage.model", 4, "no route"},
+    {"two_stage one class",
+     "routes:\n  - name: r\n    two_stage:\n      model: local\n      classes: [a]\n"
+     "      valuable: [a]\n",
+     "routes[0].two_stage.classes", 5, "at least 2"},
+    {"two_stage nothing valuable",
+     "routes:\n  - name: r\n    two_stage:\n      model: local\n      classes: [a, b]\n",
+     "routes[0].two_stage.valuable", 3, "at least 1"},
+    {"two_stage valuable not a class",
+     "routes:\n  - name: r\n    two_stage:\n      model: local\n      classes: [a, b]\n"
+     "      valuable:\n        - b\n        - c\n",
+     "routes[0].two_stage.valuable[1]", 8, "\"c\" is not one of the classes"},
+    {"two_stage unknown target",
+     "routes:\n  - name: r\n    two_stage:\n      model: local\n      target: tiny\n"
+     "      classes: [a, b]\n      valuable: [a]\n",
+     "routes[0].two_stage.target", 5, "unknown target \"tiny\""},
+    {"route min over max",
+     "routes:\n  - name: r\n    min_pixels: 1000\n    max_pixels: 999\n    models: [local]\n",
+     "routes[0].max_pixels", 4, "at least min_pixels (1000)"},
+    {"route images min over max",
+     "routes:\n  - name: r\n    min_images: 3\n    max_images: 2\n    models: [local]\n",
+     "routes[0].max_images", 4, "min_images (3)"},
+    {"route negative bytes", "routes:\n  - name: r\n    min_bytes: -1\n    models: [local]\n",
+     "routes[0].min_bytes", 3, "negative"},
+    {"route unknown client",
+     "clients:\n  - name: a\n    key_sha256: \"" SHA_TEST "\"\nroutes:\n  - name: r\n"
+     "    clients: [a, b]\n    models: [local]\n",
+     "routes[0].clients[1]", 6, "no client named \"b\""},
+    {"route plain key beyond the list",
+     "client_keys_sha256: [\"" SHA_TEST "\"]\nroutes:\n  - name: r\n"
+     "    clients: [key1, key2]\n    models: [local]\n",
+     "routes[0].clients[1]", 4, "1 entries"},
+    {"route unknown key", "routes:\n  - name: r\n    modle: x\n    models: [local]\n",
+     "routes[0].modle", 3, "unknown key"},
+    {"route models not a list", "routes:\n  - name: r\n    models: local\n", "routes[0].models", 3,
+     "expected a list"},
+    /* review_url */
+    {"review_url not a store", "review_url: \"postgres://db/x\"\n", "review_url", 1,
+     "sqlite://PATH or redis://"},
+    {"review_url without a path", "review_url: \"sqlite://\"\n", "review_url", 1,
+     "no path or host"},
 };
 
 static void test_config__invalid_configs_name_key_and_line(void **state)
@@ -716,6 +942,7 @@ static void test_config__bad_environment_names_the_variable(void **state)
         {"APERTURE_BREAKER_FAILURES", "-1", "negative"},
         {"APERTURE_BREAKER_COOLDOWN_MS", "0", "at least 1"},
         {"APERTURE_BREAKER_ERROR_RATE", "2", "0 to 1"},
+        {"APERTURE_REVIEW_URL", "file:///tmp/x.db", "sqlite://PATH"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         clean_env(NULL);
@@ -757,6 +984,10 @@ static void test_config__keys_never_appear_in_messages(void **state)
         /* URLs may hold credentials. */
         "providers:\n  - name: v\n    type: openai\n    base_url: ftp://u:SECRET@x.example\n",
         "providers:\n  - name: v\n    type: openai\n    base_url: \"https://u:SECRET@h x\"\n",
+        /* The same for a named client's hash and a review store's URL. */
+        "clients:\n  - name: a\n    key_sha256: SECRET-client-key\n",
+        "review_url: \"redis://:SECRET@host x/0\"\n",
+        "review_url: \"https://SECRET@host/\"\n",
     };
     for (size_t i = 0; i < sizeof(leaky) / sizeof(leaky[0]); i++) {
         ap_error err;
@@ -770,8 +1001,12 @@ static void test_config__keys_never_appear_in_messages(void **state)
     setenv("VLLM_API_KEY", "SECRET-vllm", 1);
     setenv("APERTURE_CLIENT_KEYS", "SECRET-client-1,SECRET-client-2", 1);
     for (size_t i = 0; i < sizeof(bad_cases) / sizeof(bad_cases[0]); i++) {
-        ap_error err;
-        (void)load_bad(bad_cases[i].yaml, &err);
+        /* Some cases are fine now: APERTURE_CLIENT_KEYS replaces their client_keys_sha256. */
+        ap_config *ok = NULL;
+        ap_error err = {0};
+        const char *y = bad_cases[i].yaml;
+        if (ap_config_load_buffer(y, strlen(y), "config.yaml", NULL, &ok, &err) == AP_OK)
+            ap_config_free(ok);
         assert_no_secret(err.msg, bad_cases[i].what);
     }
     ap_config *c = NULL;
@@ -779,8 +1014,8 @@ static void test_config__keys_never_appear_in_messages(void **state)
     assert_int_equal(ap_config_load(EXAMPLE, NULL, &c, &err), AP_OK);
     for (size_t i = 0; i < c->n_warnings; i++)
         assert_no_secret(c->warnings[i], "warning");
-    /* The plaintext client keys were hashed, and only hashes are kept. */
-    assert_int_equal(c->n_client_keys, 2);
+    /* The plaintext client keys were hashed, and only hashes are kept (+ the named client). */
+    assert_int_equal(c->n_client_keys, 3);
     for (size_t i = 0; i < c->n_client_keys; i++)
         assert_no_secret(c->client_key_sha256[i], "client key");
     const char *names[] = {"gpt-4o",        "gemini-flash",  "gemini-2.0-flash",
@@ -899,6 +1134,7 @@ static void test_config__every_setting_has_an_env_override(void **state)
         {"fetch_max_bytes", "999"},
         {"log_file", "/tmp/aperture-test.log"},
         {"log_prompts", "1"},
+        {"review_url", "redis://127.0.0.1:6379/2"},
         {"retry.max_attempts", "4"},
         {"retry.base_ms", "250"},
         {"retry.cap_ms", "4000"},
@@ -952,6 +1188,7 @@ static void test_config__every_setting_has_an_env_override(void **state)
     assert_int_equal(c->fetch_max_bytes, 999);
     assert_string_equal(c->log_file, "/tmp/aperture-test.log");
     assert_true(c->log_prompts);
+    assert_string_equal(c->review_url, "redis://127.0.0.1:6379/2");
     assert_int_equal(c->retry.max_attempts, 4);
     assert_int_equal(c->retry.base_ms, 250);
     assert_int_equal(c->retry.cap_ms, 4000);
@@ -1233,6 +1470,432 @@ static void test_config__fallbacks(void **state)
     ap_config_free(c);
 }
 
+/* ---- self_hosted, limits, deployments, task checks, clients, routes ----------------------- */
+
+static void test_config__self_hosted_and_limits_defaults(void **state)
+{
+    (void)state;
+    ap_config *c = load_ok(NULL);
+    /* The hosted APIs are never self-hosted; the offline provider always is. */
+    assert_false(provider(c, "openai")->self_hosted);
+    assert_false(provider(c, "anthropic")->self_hosted);
+    assert_false(provider(c, "gemini")->self_hosted);
+    assert_true(provider(c, "local")->self_hosted);
+    for (size_t i = 0; i < c->n_providers; i++) {
+        const ap_provider_conf *p = &c->providers[i];
+        assert_int_equal(p->max_in_flight, 0);
+        assert_true(p->rpm == 0 && p->tpm == 0);
+        assert_int_equal(p->queue_max, 100);
+        assert_int_equal(p->queue_timeout_ms, 30000);
+    }
+    assert_int_equal(c->n_routes, 0);
+    assert_null(c->routes);
+    assert_null(c->review_url);
+    ap_config_free(c);
+
+    /* Declared: openai-compatible defaults to self-hosted and may say otherwise; a hosted type
+     * may say false; limits may be given in part (the rest keep their defaults), queue 0 is
+     * "no queue". */
+    c = load_ok("providers:\n"
+                "  - name: a\n"
+                "    type: openai-compatible\n"
+                "    base_url: http://10.0.0.1/v1\n"
+                "  - name: b\n"
+                "    type: openai-compatible\n"
+                "    base_url: http://10.0.0.2/v1\n"
+                "    self_hosted: false\n"
+                "    limits:\n"
+                "      rpm: 60.5\n"
+                "      queue: 0\n"
+                "  - name: openai\n"
+                "    type: openai\n"
+                "    self_hosted: false\n"
+                "    limits:\n"
+                "      max_in_flight: 10\n"
+                "      tpm: 30000\n"
+                "      queue_timeout_ms: 5000\n"
+                "  - name: local\n"
+                "    type: local\n"
+                "    limits: ~\n");
+    assert_true(provider(c, "a")->self_hosted);
+    assert_false(provider(c, "b")->self_hosted);
+    assert_true(provider(c, "b")->rpm == 60.5);
+    assert_int_equal(provider(c, "b")->queue_max, 0);
+    assert_int_equal(provider(c, "b")->queue_timeout_ms, 30000);
+    const ap_provider_conf *o = provider(c, "openai");
+    assert_false(o->self_hosted);
+    assert_int_equal(o->max_in_flight, 10);
+    assert_true(o->tpm == 30000.0);
+    assert_true(o->rpm == 0);
+    assert_int_equal(o->queue_max, 100);
+    assert_int_equal(o->queue_timeout_ms, 5000);
+    assert_true(provider(c, "local")->self_hosted);
+    assert_int_equal(provider(c, "local")->queue_max, 100);
+    ap_config_free(c);
+}
+
+static const char *const deploy_yaml = "providers:\n"
+                                       "  - name: box-a\n"
+                                       "    type: openai-compatible\n"
+                                       "    base_url: http://10.0.0.1:8000/v1\n"
+                                       "    api_key_env: MY_VLLM_KEY\n"
+                                       "  - name: box-b\n"
+                                       "    type: openai-compatible\n"
+                                       "    base_url: http://10.0.0.2:8000/v1\n"
+                                       "    api_key_env: VLLM_API_KEY\n"
+                                       "models:\n"
+                                       "  - name: qwen\n"
+                                       "    upstream: Qwen/Qwen2.5-VL-7B-Instruct\n"
+                                       "    deployments:\n"
+                                       "      - provider: box-a\n"
+                                       "        weight: 3\n"
+                                       "      - provider: box-b\n"
+                                       "        upstream: qwen-vl-7b\n"
+                                       "        weight: 0.5\n"
+                                       "      - provider: local\n"
+                                       "    fallbacks: [gpt-4o-mini, review]\n"
+                                       "  - name: solo\n"
+                                       "    provider: box-b\n"
+                                       "    deployments:\n"
+                                       "      - provider: box-b\n"
+                                       "  - name: plain\n"
+                                       "    provider: box-a\n"
+                                       "    upstream: up-plain\n";
+
+static void test_config__deployments(void **state)
+{
+    (void)state;
+    setenv("MY_VLLM_KEY", "a", 1);
+    setenv("VLLM_API_KEY", "b", 1);
+    ap_config *c = load_ok(deploy_yaml);
+    const ap_model_conf *q = &c->models[0];
+    assert_int_equal(q->n_deployments, 3);
+    assert_string_equal(q->provider, "box-a");
+    assert_string_equal(q->upstream, "Qwen/Qwen2.5-VL-7B-Instruct");
+    assert_string_equal(q->token_model, "Qwen/Qwen2.5-VL-7B-Instruct");
+    assert_string_equal(q->target, "default"); /* the first deployment's type */
+    assert_string_equal(q->deployments[0].upstream, "Qwen/Qwen2.5-VL-7B-Instruct");
+    assert_true(q->deployments[0].weight == 3.0);
+    assert_string_equal(q->deployments[1].upstream, "qwen-vl-7b");
+    assert_true(q->deployments[1].weight == 0.5);
+    assert_string_equal(q->deployments[2].provider, "local");
+    assert_true(q->deployments[2].weight == 1.0); /* the default */
+    /* `provider` beside deployments is fine when it is the first one's. */
+    assert_string_equal(c->models[1].provider, "box-b");
+    assert_int_equal(c->models[1].n_deployments, 1);
+    assert_string_equal(c->models[1].deployments[0].upstream, "solo");
+    const ap_model_conf *pl = &c->models[2];
+    assert_int_equal(pl->n_deployments, 1);
+    assert_string_equal(pl->deployments[0].provider, "box-a");
+    assert_string_equal(pl->deployments[0].upstream, "up-plain");
+    assert_true(pl->deployments[0].weight == 1.0);
+    routes_to(c, "qwen", "box-a");
+    ap_config_free(c);
+
+    /* The first deployment's provider disabled: the model still routes, to the next one. */
+    unsetenv("MY_VLLM_KEY");
+    c = load_ok(deploy_yaml);
+    routes_to(c, "qwen", "box-b");
+    ap_config_free(c);
+    /* All disabled: the message names the first one's variable. */
+    unsetenv("VLLM_API_KEY");
+    c = load_ok("providers:\n"
+                "  - name: box-a\n"
+                "    type: openai-compatible\n"
+                "    base_url: http://10.0.0.1:8000/v1\n"
+                "    api_key_env: MY_VLLM_KEY\n"
+                "  - name: box-b\n"
+                "    type: openai-compatible\n"
+                "    base_url: http://10.0.0.2:8000/v1\n"
+                "    api_key_env: VLLM_API_KEY\n"
+                "models:\n"
+                "  - name: qwen\n"
+                "    deployments: [{provider: box-a}, {provider: box-b}]\n");
+    const ap_model_conf *m;
+    const ap_provider_conf *p;
+    ap_error err = {0};
+    assert_int_equal(ap_config_route(c, "qwen", &m, &p, &err), AP_ENOTFOUND);
+    assert_true(contains(err.msg, "MY_VLLM_KEY"));
+    ap_config_free(c);
+}
+
+static void test_config__chain_with_deployments(void **state)
+{
+    (void)state;
+    setenv("MY_VLLM_KEY", "a", 1);
+    setenv("VLLM_API_KEY", "b", 1);
+    setenv("OPENAI_API_KEY", "o", 1);
+    ap_config *c = load_ok(deploy_yaml);
+    ap_chain ch;
+    ap_error err = {0};
+    assert_int_equal(ap_config_chain(c, NULL, "qwen", &ch, &err), AP_OK);
+    assert_int_equal(ch.n_steps, 3);
+    const ap_chain_step *st = &ch.step[0];
+    assert_int_equal(st->n_dep, 3);
+    assert_string_equal(st->dep[0].provider->name, "box-a");
+    assert_string_equal(st->dep[0].upstream, "Qwen/Qwen2.5-VL-7B-Instruct");
+    assert_true(st->dep[0].weight == 3.0);
+    assert_string_equal(st->dep[0].key, "box-a/Qwen/Qwen2.5-VL-7B-Instruct");
+    assert_string_equal(st->dep[1].key, "box-b/qwen-vl-7b");
+    assert_true(st->dep[1].weight == 0.5);
+    assert_string_equal(st->dep[2].key, "local/Qwen/Qwen2.5-VL-7B-Instruct");
+    /* The step's own fields are dep[0]'s. */
+    assert_ptr_equal(st->provider, st->dep[0].provider);
+    assert_ptr_equal(st->upstream, st->dep[0].upstream);
+    assert_string_equal(st->deployment, st->dep[0].key);
+    assert_ptr_equal(st->model_conf, &c->models[0]);
+    /* A prefix-routed step: one deployment; review: none. */
+    assert_string_equal(ch.step[1].model, "gpt-4o-mini");
+    assert_int_equal(ch.step[1].n_dep, 1);
+    assert_string_equal(ch.step[1].dep[0].key, "openai/gpt-4o-mini");
+    assert_true(ch.step[1].dep[0].weight == 1.0);
+    assert_string_equal(ch.step[1].deployment, "openai/gpt-4o-mini");
+    assert_true(ch.step[2].review);
+    assert_int_equal(ch.step[2].n_dep, 0);
+    assert_string_equal(ch.step[2].deployment, "");
+    ap_config_free(c);
+
+    /* box-a disabled: its deployment is dropped and the step mirrors box-b. */
+    unsetenv("MY_VLLM_KEY");
+    c = load_ok(deploy_yaml);
+    assert_int_equal(ap_config_chain(c, NULL, "qwen", &ch, &err), AP_OK);
+    st = &ch.step[0];
+    assert_int_equal(st->n_dep, 2);
+    assert_string_equal(st->dep[0].key, "box-b/qwen-vl-7b");
+    assert_string_equal(st->dep[1].key, "local/Qwen/Qwen2.5-VL-7B-Instruct");
+    assert_string_equal(st->provider->name, "box-b");
+    assert_string_equal(st->upstream, "qwen-vl-7b");
+    assert_string_equal(st->deployment, "box-b/qwen-vl-7b");
+    /* solo's only deployment is box-b: still there. plain's is box-a: left out of the chain. */
+    assert_int_equal(ap_config_chain(c, NULL, "plain", &ch, &err), AP_ENOTFOUND);
+    assert_true(contains(err.msg, "MY_VLLM_KEY"));
+    ap_config_free(c);
+}
+
+static void test_config__chain_list(void **state)
+{
+    (void)state;
+    setenv("VLLM_API_KEY", "b", 1);
+    ap_config *c = load_ok(deploy_yaml); /* box-a (MY_VLLM_KEY) and openai disabled */
+    ap_chain ch;
+    ap_error err = {0};
+
+    /* The list is the whole chain: qwen's own fallbacks are not added; repeats and disabled
+     * steps are left out. */
+    const char *const l1[] = {"gpt-4o", "qwen", "plain", "qwen", "local", "review"};
+    assert_int_equal(ap_config_chain_list(c, l1, 6, &ch, &err), AP_OK);
+    assert_int_equal(ch.n_steps, 3);
+    assert_string_equal(ch.step[0].model, "qwen");
+    assert_int_equal(ch.step[0].n_dep, 2);
+    assert_string_equal(ch.step[0].deployment, "box-b/qwen-vl-7b");
+    assert_string_equal(ch.step[1].model, "local");
+    assert_null(ch.step[1].model_conf);
+    assert_int_equal(ch.step[1].n_dep, 1);
+    assert_true(ch.step[2].review);
+    assert_null(ch.fallbacks_from);
+    const char *const l2[] = {"review"};
+    assert_int_equal(ap_config_chain_list(c, l2, 1, &ch, &err), AP_OK);
+    assert_int_equal(ch.n_steps, 1);
+    assert_true(ch.step[0].review);
+
+    /* Failures leave *out alone. */
+    memset(&ch, 0x5a, sizeof(ch));
+    ap_chain before = ch;
+    const char *const l3[] = {"qwen", "llava"};
+    assert_int_equal(ap_config_chain_list(c, l3, 2, &ch, &err), AP_ENOTFOUND);
+    assert_true(contains(err.msg, "no route for model \"llava\""));
+    const char *const l4[] = {"gpt-4o", "plain"};
+    memset(&err, 0, sizeof(err));
+    assert_int_equal(ap_config_chain_list(c, l4, 2, &ch, &err), AP_ENOTFOUND);
+    assert_true(contains(err.msg, "OPENAI_API_KEY")); /* the first one unavailable */
+    const char *const l5[] = {"review", "qwen"};
+    memset(&err, 0, sizeof(err));
+    assert_int_equal(ap_config_chain_list(c, l5, 2, &ch, &err), AP_EINVAL);
+    assert_true(contains(err.msg, "last"));
+    const char *const l6[] = {"qwen", ""};
+    assert_int_equal(ap_config_chain_list(c, l6, 2, &ch, &err), AP_EINVAL);
+    assert_int_equal(ap_config_chain_list(c, l1, 0, &ch, &err), AP_EINVAL);
+    assert_int_equal(ap_config_chain_list(c, NULL, 1, &ch, &err), AP_EINVAL);
+    assert_memory_equal(&ch, &before, sizeof(ch));
+    ap_config_free(c);
+}
+
+static void test_config__task_checks(void **state)
+{
+    (void)state;
+    ap_config *c = load_ok("tasks:\n"
+                           "  - name: inv\n"
+                           "    prompt: p\n"
+                           "    required: [vendor, total]\n"
+                           "  - name: any_json\n"
+                           "    prompt: p\n"
+                           "    json: true\n"
+                           "  - name: text\n"
+                           "    prompt: p\n"
+                           "  - name: both\n"
+                           "    prompt: p\n"
+                           "    json: yes\n"
+                           "    required:\n"
+                           "      - id\n");
+    const ap_task_conf *t = ap_config_task(c, "inv");
+    assert_true(t->json);
+    assert_int_equal(t->n_required, 2);
+    assert_string_equal(t->required[1], "total");
+    t = ap_config_task(c, "any_json");
+    assert_true(t->json);
+    assert_int_equal(t->n_required, 0);
+    assert_null(t->required);
+    t = ap_config_task(c, "text");
+    assert_false(t->json);
+    assert_int_equal(t->n_required, 0);
+    t = ap_config_task(c, "both");
+    assert_true(t->json);
+    assert_int_equal(t->n_required, 1);
+    assert_string_equal(t->required[0], "id");
+    ap_config_free(c);
+}
+
+static void test_config__clients_are_named(void **state)
+{
+    (void)state;
+    const char *yaml =
+        "client_keys_sha256:\n"
+        "  - \"" SHA_TEST "\"\n"
+        "  - \"" SHA_ANOTHER "\"\n"
+        "clients:\n"
+        "  - name: batch\n"
+        "    key_sha256: \"" SHA_BATCH "\"\n"
+        "  - name: partner\n"
+        "    key_sha256: \"346E50AF211B5135824BB2BB58FE0F9E6DF228ADCF10C58A37FBC46B57BAEE74\"\n";
+    ap_config *c = load_ok(yaml);
+    assert_int_equal(c->n_client_keys, 4);
+    static const char *const names[] = {"key1", "key2", "batch", "partner"};
+    static const char *const hashes[] = {SHA_TEST, SHA_ANOTHER, SHA_BATCH, SHA_PARTNER};
+    for (size_t i = 0; i < 4; i++) {
+        assert_string_equal(c->client_key_name[i], names[i]);
+        assert_string_equal(c->client_key_sha256[i], hashes[i]); /* lowercased */
+    }
+    ap_config_free(c);
+
+    /* Named clients alone. */
+    c = load_ok("clients:\n  - name: only\n    key_sha256: \"" SHA_TEST "\"\n");
+    assert_int_equal(c->n_client_keys, 1);
+    assert_string_equal(c->client_key_name[0], "only");
+    ap_config_free(c);
+
+    /* The environment replaces the plain list; the named clients stay, after it. */
+    setenv("APERTURE_CLIENT_KEYS", "another-key", 1);
+    c = load_ok(yaml);
+    assert_int_equal(c->n_client_keys, 3);
+    assert_string_equal(c->client_key_name[0], "key1");
+    assert_string_equal(c->client_key_sha256[0], SHA_ANOTHER);
+    assert_string_equal(c->client_key_name[1], "batch");
+    assert_string_equal(c->client_key_name[2], "partner");
+    ap_config_free(c);
+    /* ... and a named client may not repeat one of its keys. */
+    setenv("APERTURE_CLIENT_KEYS", "batch-key", 1);
+    ap_error err;
+    assert_int_equal(load_bad(yaml, &err), AP_EINVAL);
+    assert_true(contains(err.msg, "config.yaml:6: clients[0].key_sha256: the same key as client "
+                                  "key 1 from the environment"));
+    unsetenv("APERTURE_CLIENT_KEYS");
+
+    /* No keys at all: no names either. */
+    c = load_ok(NULL);
+    assert_int_equal(c->n_client_keys, 0);
+    ap_config_free(c);
+}
+
+static void test_config__routes(void **state)
+{
+    (void)state;
+    ap_config *c = load_ok("clients:\n"
+                           "  - name: partner\n"
+                           "    key_sha256: \"" SHA_PARTNER "\"\n"
+                           "client_keys_sha256: [\"" SHA_TEST "\"]\n"
+                           "routes:\n"
+                           "  - name: everything\n"
+                           "    task: describe\n"
+                           "    model: \"gpt-*\"\n"
+                           "    keywords: [urgent, \"purchase order\"]\n"
+                           "    min_pixels: 0\n"
+                           "    max_pixels: 4000000\n"
+                           "    min_bytes: 10\n"
+                           "    max_bytes: 10\n"
+                           "    min_images: 1\n"
+                           "    max_images: 8\n"
+                           "    clients: [partner, key1]\n"
+                           "    data_class: internal\n"
+                           "    models: [local, review]\n"
+                           "    two_stage:\n"
+                           "      model: local\n"
+                           "      target: openai-low\n"
+                           "      prompt: Is this a receipt or not?\n"
+                           "      classes: [receipt, other]\n"
+                           "      valuable: [receipt]\n"
+                           "  - name: bare\n"
+                           "    two_stage:\n"
+                           "      model: gpt-4o-mini\n"
+                           "      classes: [x, y, z]\n"
+                           "      valuable: [z, x]\n");
+    assert_int_equal(c->n_routes, 2);
+    const ap_route_rule *r = &c->routes[0];
+    assert_string_equal(r->name, "everything");
+    assert_string_equal(r->task, "describe");
+    assert_string_equal(r->model, "gpt-*");
+    assert_int_equal(r->n_keywords, 2);
+    assert_string_equal(r->keywords[1], "purchase order");
+    assert_true(r->min_pixels == 0 && r->max_pixels == 4000000);
+    assert_true(r->min_bytes == 10 && r->max_bytes == 10); /* min == max is fine */
+    assert_int_equal(r->min_images, 1);
+    assert_int_equal(r->max_images, 8);
+    assert_int_equal(r->n_clients, 2);
+    assert_string_equal(r->clients[1], "key1");
+    assert_string_equal(r->data_class, "internal");
+    assert_int_equal(r->n_models, 2);
+    assert_string_equal(r->two_stage->target, "openai-low");
+    assert_string_equal(r->two_stage->prompt, "Is this a receipt or not?");
+    r = &c->routes[1];
+    assert_null(r->task);
+    assert_null(r->model);
+    assert_null(r->keywords);
+    assert_null(r->clients);
+    assert_null(r->data_class);
+    assert_null(r->models);
+    assert_int_equal(r->n_models, 0);
+    assert_true(r->min_pixels == -1 && r->max_bytes == -1 && r->min_images == -1);
+    assert_string_equal(r->two_stage->target, "thumbnail");
+    assert_string_equal(r->two_stage->prompt, "Classify this image as exactly one of: x, y, z. "
+                                              "Answer with the class name only.");
+    assert_string_equal(r->two_stage->valuable[0], "z");
+    /* The classifier's provider is disabled: a warning, as for fallbacks. */
+    bool warned = false;
+    for (size_t i = 0; i < c->n_warnings; i++)
+        warned |= contains(c->warnings[i], "route \"bare\" two_stage") &&
+                  contains(c->warnings[i], "OPENAI_API_KEY");
+    assert_true(warned);
+    ap_config_free(c);
+}
+
+static void test_config__review_url(void **state)
+{
+    (void)state;
+    ap_config *c = load_ok("review_url: \"sqlite:///var/lib/aperture/review.db\"\n");
+    assert_string_equal(c->review_url, "sqlite:///var/lib/aperture/review.db");
+    ap_config_free(c);
+    setenv("APERTURE_REVIEW_URL", "redis://10.0.0.9:6379/3", 1);
+    c = load_ok("review_url: \"sqlite://review.db\"\n");
+    assert_string_equal(c->review_url, "redis://10.0.0.9:6379/3");
+    ap_config_free(c);
+    /* A bad URL is refused without quoting it (it may hold a password). */
+    setenv("APERTURE_REVIEW_URL", "mysql://u:SECRET@db", 1);
+    ap_error err = {0};
+    ap_config *bad = NULL;
+    assert_int_equal(ap_config_load_buffer(NULL, 0, NULL, NULL, &bad, &err), AP_EINVAL);
+    assert_true(contains(err.msg, "APERTURE_REVIEW_URL: "));
+    assert_no_secret(err.msg, "APERTURE_REVIEW_URL");
+}
+
 /* docs/CONFIG.md names every key and every variable. */
 static void test_config__every_key_is_documented(void **state)
 {
@@ -1282,7 +1945,35 @@ static void test_config__every_key_is_documented(void **state)
                                 "`tasks`",
                                 "`fallbacks`",
                                 "`retry`",
-                                "`breaker`"};
+                                "`breaker`",
+                                "`self_hosted`",
+                                "`limits`",
+                                "`max_in_flight`",
+                                "`rpm`",
+                                "`tpm`",
+                                "`queue`",
+                                "`queue_timeout_ms`",
+                                "`deployments`",
+                                "`weight`",
+                                "`json`",
+                                "`required`",
+                                "`clients`",
+                                "`key_sha256`",
+                                "`routes`",
+                                "`keywords`",
+                                "`min_pixels`",
+                                "`max_pixels`",
+                                "`min_bytes`",
+                                "`max_bytes`",
+                                "`min_images`",
+                                "`max_images`",
+                                "`data_class`",
+                                "`models`",
+                                "`two_stage`",
+                                "`classes`",
+                                "`valuable`",
+                                "`review_url`",
+                                "x-aperture-data-class"};
     for (size_t i = 0; i < sizeof(entry_keys) / sizeof(entry_keys[0]); i++)
         if (!contains(doc, entry_keys[i]))
             fail_msg("docs/CONFIG.md does not document %s", entry_keys[i]);
@@ -1317,6 +2008,14 @@ int main(void)
         T(test_config__resilience_from_the_file),
         T(test_config__resilience_env_overrides),
         T(test_config__fallbacks),
+        T(test_config__self_hosted_and_limits_defaults),
+        T(test_config__deployments),
+        T(test_config__chain_with_deployments),
+        T(test_config__chain_list),
+        T(test_config__task_checks),
+        T(test_config__clients_are_named),
+        T(test_config__routes),
+        T(test_config__review_url),
         T(test_config__every_key_is_documented),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
