@@ -60,6 +60,15 @@ function chaosBody(i, json) {
 
 const ask = (gw, text, headers = {}) =>
   post(gw, '/v1/chat/completions', { model: 'primary', messages: [{ role: 'user', content: text }] }, headers);
+/** How many answers came from each step. */
+function routeCounts(results) {
+  const n = {};
+  for (const r of results) {
+    const step = (r.headers.get('x-aperture-route') || 'none').split(' ')[0];
+    n[step] = (n[step] || 0) + 1;
+  }
+  return n;
+}
 const upstreamFor = async (model) => (await fake.requests()).filter((r) => r.model === model);
 
 // ---- one fault kind at a time, 30% of all upstream calls --------------------------------------
@@ -79,7 +88,7 @@ const KINDS = [
 
 describe('chaos: each fault kind on 30% of upstream calls loses no request', () => {
   for (const kind of KINDS) {
-    test(`chaos: ${kind.name}: ${N} requests, ${CONCURRENCY} at a time, all answered 200 by some step`, async () => {
+    test(`chaos: ${kind.name}: ${N} requests, ${CONCURRENCY} at a time, all answered 200 by some step`, async (t) => {
       const gw = await startGateway(fake, { config: chaosConfig() });
       try {
         await fake.reset();
@@ -100,6 +109,7 @@ describe('chaos: each fault kind on 30% of upstream calls loses no request', () 
         await sleep(50);
         const recs = (await fake.requests()).filter((r) => r.model);
         const faulted = recs.filter((r) => r.fault);
+        t.diagnostic(`${recs.length} upstream calls, ${faulted.length} faulted; routes: ${JSON.stringify(routeCounts(results))}`);
         assert.ok(faulted.length > 0, `no fault was injected in ${recs.length} upstream calls`);
         assert.ok(recs.length > N, `${recs.length} upstream calls for ${N} requests: no retry or fallback happened`);
         // Images went upstream (every third request had one; fallbacks re-send it).

@@ -283,7 +283,7 @@ describe('two-stage: classify a thumbnail, run the full request for valuable cla
     assert.ok(longEdge(cs[0].images[0]) <= 512, `the classifier got ${cs[0].images[0].width}x${cs[0].images[0].height}`);
   });
 
-  test('two-stage: classified "invoice": the extractor gets the full-size image, the classifier a thumbnail', async () => {
+  test('two-stage: classified "invoice": the extractor gets the full-size image, the classifier a thumbnail', async (t) => {
     await fake.reset();
     await fake.fault({ model: 'classifier-mini', answer: 'invoice' });
     const r = await ask(gw, chat('gpt-4o', 'extract the fields', [BIG]));
@@ -293,6 +293,7 @@ describe('two-stage: classify a thumbnail, run the full request for valuable cla
     const cs = await calls();
     assert.deepEqual(cs.map((c) => c.model), ['classifier-mini', 'extractor-large']);
     const [thumb, full] = cs.map((c) => c.images[0]);
+    t.diagnostic(`classifier got ${thumb.width}x${thumb.height}, extractor ${full.width}x${full.height}`);
     assert.ok(thumb.width > 0 && full.width > 0, 'image sizes readable');
     assert.ok(longEdge(thumb) <= 512, `thumbnail ${thumb.width}x${thumb.height}`);
     assert.ok(longEdge(full) > 512 && longEdge(full) > longEdge(thumb), `full ${full.width}x${full.height}`);
@@ -323,12 +324,13 @@ describe('load balancing across weighted deployments', () => {
   });
   after(async () => gw?.stop());
 
-  test('balancing: weights 3:1 split 200 requests roughly 3:1', async () => {
+  test('balancing: weights 3:1 split 200 requests roughly 3:1', async (t) => {
     await fake.reset();
     const rs = await pool(200, 10, (i) => ask(gw, chat('balanced', `request ${i}`)));
     assert.deepEqual(rs.filter((r) => r.status !== 200).map((r) => r.text), []);
     const heavy = (await calls('heavy-vlm')).length;
     const light = (await calls('light-vlm')).length;
+    t.diagnostic(`heavy ${heavy}, light ${light}`);
     assert.equal(heavy + light, 200, `heavy ${heavy} + light ${light}`);
     assert.ok(heavy >= 120 && heavy <= 180, `heavy got ${heavy} of 200 (expected ~150)`);
   });
@@ -373,7 +375,7 @@ describe('per-provider limits', () => {
   });
   after(async () => gw?.stop());
 
-  test('limits: rpm 5 with a queue of 3: 12 at once -> 5 reach the upstream, 7 get 429 with Retry-After', async () => {
+  test('limits: rpm 5 with a queue of 3: 12 at once -> 5 reach the upstream, 7 get 429 with Retry-After', async (t) => {
     await fake.reset();
     const all = Promise.all(Array.from({ length: 12 }, (_, i) => ask(gw, chat('limited', `burst ${i}`))));
     // While three wait in the queue, the gauge shows them.
@@ -385,6 +387,7 @@ describe('per-provider limits', () => {
       await sleep(50);
     }
     const rs = await all;
+    t.diagnostic(`statuses ${rs.map((r) => r.status).join(',')}; deepest queue seen ${maxDepth}`);
     const ok = rs.filter((r) => r.status === 200);
     const limited = rs.filter((r) => r.status === 429);
     assert.equal(ok.length, 5, rs.map((r) => r.status).join(','));
@@ -396,7 +399,7 @@ describe('per-provider limits', () => {
     assert.notEqual(metricValue(await metrics(gw), 'aperture_ratelimit_queue_depth', { provider: 'vllm-rl' }), undefined);
   });
 
-  test('limits: max_in_flight 2: 8 slow requests all succeed, never more than 2 at the upstream at once', async () => {
+  test('limits: max_in_flight 2: 8 slow requests all succeed, never more than 2 at the upstream at once', async (t) => {
     await fake.reset();
     await fake.fault({ model: 'mf-vlm', delay_ms: 300, count: -1 });
     const t0 = Date.now();
@@ -407,6 +410,7 @@ describe('per-provider limits', () => {
     const cs = await calls('mf-vlm');
     assert.equal(cs.length, 8);
     const most = Math.max(...cs.map((c) => c.in_flight));
+    t.diagnostic(`at most ${most} in flight; 8 done in ${took} ms`);
     assert.ok(most <= 2, `${most} calls in flight at once`);
     // Four waves of 300 ms: the limit really held them back.
     assert.ok(took >= 1100, `all 8 done in ${took} ms`);
