@@ -328,11 +328,14 @@ test('fake: the log records model, times, images with their sizes, and how many 
   const jpg = corpusFile('photos/Apple_iPhone_4S.jpg');
   assert.deepEqual(imageSize(png), { width: 40, height: 30 });
   assert.deepEqual(imageSize(jpg), { width: 3264, height: 2448 });
-  await fake.fault({ model: 'slow-one', delay_ms: 200 });
+  await fake.fault({ model: 'slow-one', delay_ms: 400 });
   const t0 = Date.now();
   await Promise.all([
     oai.chat.completions.create({ model: 'slow-one', messages: [{ role: 'user', content: [{ type: 'text', text: 'a' }, { type: 'image_url', image_url: { url: dataUrl(png, 'image/png') } }, { type: 'image_url', image_url: { url: 'https://example.com/x.jpg' } }] }] }),
-    sleep(50).then(() =>
+    // The second call starts once the fake has the slow one in hand.
+    (async () => {
+      while (!(await fake.requests()).some((r) => r.model === 'slow-one')) await sleep(10);
+    })().then(() =>
       ant.messages.create({ model: 'claude-x', max_tokens: 5, messages: [{ role: 'user', content: [{ type: 'image', source: { type: 'base64', media_type: 'image/jpeg', data: jpg.toString('base64') } }] }] })),
   ]);
   await fetch(`${fake.url}/v1beta/models/gemini-2.5-flash:generateContent`, {
@@ -340,17 +343,19 @@ test('fake: the log records model, times, images with their sizes, and how many 
     body: JSON.stringify({ contents: [{ parts: [{ inline_data: { mime_type: 'image/png', data: png.toString('base64') } }] }] }),
   });
   await sleep(20);
-  const [o, a, g] = await fake.requests();
+  const recs = await fake.requests();
+  const [o, a, g] = ['slow-one', 'claude-x', 'gemini-2.5-flash'].map((m) => recs.find((r) => r.model === m));
   assert.equal(o.model, 'slow-one');
   assert.equal(o.n_images, 2);
   assert.deepEqual(o.images, [
     { source: 'data', media_type: 'image/png', bytes: png.length, width: 40, height: 30 },
     { source: 'url', url: 'https://example.com/x.jpg' },
   ]);
-  assert.ok(o.time >= t0 && o.done_time - o.time >= 190, `${o.time} ${o.done_time}`);
+  assert.ok(o.time >= t0 && o.done_time - o.time >= 390, `${o.time} ${o.done_time}`);
   assert.equal(o.status, 200);
   assert.equal(o.in_flight, 1);
   assert.equal(a.model, 'claude-x');
+  assert.ok(a.time < o.done_time, 'the anthropic call came while the slow one ran (loaded machine?)');
   assert.equal(a.in_flight, 2, 'the slow openai call was still running');
   assert.deepEqual(a.images, [{ source: 'data', media_type: 'image/jpeg', bytes: jpg.length, width: 3264, height: 2448 }]);
   assert.ok(a.done_time < o.done_time);
