@@ -284,6 +284,7 @@ typedef struct ap_breaker_sync ap_breaker_sync;
  * reconnects in the background (at most every 500 ms) and re-reads the hash; meanwhile each
  * gateway's breakers work alone. publish never blocks the caller on I/O: transitions are
  * queued (bounded; the oldest dropped) and sent by the thread.
+ * set is borrowed for the sync's lifetime: stop the sync before ap_breaker_set_free().
  * *out is (transfer full): ap_breaker_sync_stop().
  */
 AP_API AP_NODISCARD ap_status ap_breaker_sync_start(ap_breaker_set *set, const char *url,

@@ -19,7 +19,8 @@
  * Threading: an ap_review_store may be shared by any number of threads (SQLite: one
  * connection under a mutex; Redis: one connection under a mutex, reconnected on failure).
  * Redis calls fail fast (AP_ENETWORK) when the server is down; nothing is lost silently: an
- * add that fails returns the error and the caller answers the client with it.
+ * add that fails returns the error and the caller answers the client with it. With Redis the
+ * process must ignore SIGPIPE (a write to a server that just died raises it).
  */
 #ifndef APERTURE_REVIEW_H
 #define APERTURE_REVIEW_H
@@ -77,7 +78,8 @@ AP_API const char *ap_review_backend(const ap_review_store *s);
 /*
  * Store a new pending item from item's task, model, client, reason, request (required) and
  * candidate; id, status and times are set by the store. On success id_out (at least
- * AP_REVIEW_ID_MAX bytes) holds the new id.
+ * AP_REVIEW_ID_MAX bytes) holds the new id. AP_EINVAL without a request; AP_ETOOLARGE for a
+ * field (of these, or a resolve's answer and reviewer) over 64 MiB.
  */
 AP_API AP_NODISCARD ap_status ap_review_add(ap_review_store *s, const ap_review_item *item,
                                             char *id_out, ap_error *err);

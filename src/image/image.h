@@ -12,6 +12,11 @@
  *   4. delivers every row, top to bottom, with ap__dec_rows() (any batch size);
  *   5. returns AP_OK, or the first failure (ap_error_set(d->err, ...)).
  *
+ * Probe mode (ap_prep_probe()): d->probe is set, and ap__dec_header() records the header and
+ * returns AP__DEC_PROBED instead of the target size. The decoder stops there and returns it as
+ * it would any failure of ap__dec_header(), releasing what it holds: nothing sized by the image
+ * has been allocated yet, and no pixel is decoded.
+ *
  * The pipeline verifies that exactly height rows arrived: a decoder that stops early cannot pass
  * a half-grey image on as success. Decoders never allocate more than the limits allow: any
  * size they compute from the header is checked by ap__dec_header() first.
@@ -52,6 +57,13 @@ static inline unsigned ap__pix_channels(enum ap__pix p)
     return 0;
 }
 
+/*
+ * ap__dec_header()'s answer in probe mode: "header recorded, stop". Not a public code: it never
+ * leaves prep.c (ap_prep_probe() turns it into AP_OK), and lies outside ap_status's range so no
+ * code appended there can collide with it.
+ */
+#define AP__DEC_PROBED ((ap_status)0x10000)
+
 struct ap__header {
     uint32_t width, height; /* stored size at full scale */
     int orientation;        /* EXIF 1..8 to apply; 1 when absent, invalid, or already applied */
@@ -67,6 +79,7 @@ struct ap__dec {
     size_t len;
     const ap_prep_opts *opts;
     ap_error *err;
+    bool probe; /* read the header only: ap__dec_header() returns AP__DEC_PROBED */
     /* Filled by the decoder. */
     struct ap__header hdr;
     const uint8_t *icc; /* ICC profile, decoder-owned, valid until the decoder returns */
@@ -84,6 +97,8 @@ struct ap__dec {
  * sized by the image. On success sets *need_w and *need_h (stored orientation) to the smallest
  * decoded size the pipeline can use without losing output quality; decoders that cannot shrink
  * on load ignore them. Fails with AP_ETOOLARGE / AP_ETOOSMALL / AP_EDECODE (zero size).
+ * In probe mode only the zero size is refused; otherwise it returns AP__DEC_PROBED (the header
+ * is in d->hdr, orientation normalised to 1..8) and the decoder must return that at once.
  */
 ap_status ap__dec_header(struct ap__dec *d, uint32_t *need_w, uint32_t *need_h);
 

@@ -231,6 +231,12 @@ ap_status ap__dec_header(struct ap__dec *d, uint32_t *need_w, uint32_t *need_h)
     if (h->width == 0 || h->height == 0)
         return ap_error_set(d->err, AP_EDECODE, "image declares a zero size (%ux%u)", h->width,
                             h->height);
+    if (d->probe) {
+        /* The caller wants the declared size, however large: no limit, nothing to plan. */
+        if (h->orientation < 1 || h->orientation > 8)
+            h->orientation = 1;
+        return AP__DEC_PROBED;
+    }
     uint64_t px = (uint64_t)h->width * h->height;
     if (o->max_pixels && px > o->max_pixels)
         return ap_error_set(d->err, AP_ETOOLARGE,
@@ -700,6 +706,67 @@ out:
     free(sized.px);
     free(oriented.px);
     sink_release(&s);
+    return rc;
+}
+
+/*
+ * The decoders' own header parsing, stopped by ap__dec_header() in probe mode: the same code
+ * that ap_prep() trusts with the limits, so the two can never disagree about a file's size.
+ */
+ap_status ap_prep_probe(const uint8_t *buf, size_t len, ap_probe_info *out, ap_error *err)
+{
+    ap_prep_result r;
+    struct ap__sink s;
+    struct ap__dec d;
+    ap_prep_opts opts;
+
+    ap_error_clear(err);
+    if (out == NULL || (buf == NULL && len > 0))
+        return ap_error_set(err, AP_EINVAL, "probe: NULL argument");
+    ap_format f = ap_sniff(buf, len);
+    if (f == AP_FORMAT_UNKNOWN)
+        return ap_error_set(err, AP_EUNSUPPORTED, "not an accepted image format: sniffed \"%s\"",
+                            ap_sniff_describe(buf, len));
+
+    /* No limits: a bomb reports what it declares (ap_prep() refuses it). HEIF still has
+     * libheif's own per-side cap, which applies while the container is parsed. The sink is
+     * never reached (every decoder stops at its header); it is set up only so that a decoder
+     * that did not would fail its checks instead of touching a NULL pointer. */
+    ap_prep_opts_init(&opts);
+    opts.max_input_bytes = 0;
+    opts.max_pixels = 0;
+    opts.min_side = 0;
+    memset(&r, 0, sizeof(r));
+    memset(&s, 0, sizeof(s));
+    memset(&d, 0, sizeof(d));
+    s.opts = &opts;
+    s.res = &r;
+    s.err = err;
+    d.buf = buf;
+    d.len = len;
+    d.opts = &opts;
+    d.err = err;
+    d.probe = true;
+    d.sink = &s;
+    d.scale_denom = 1;
+    d.hdr.orientation = 1;
+
+    ap_status rc = run_decoder(f, &d);
+    sink_release(&s);
+    if (rc == AP__DEC_PROBED) {
+        bool swap = d.hdr.orientation >= 5;
+        out->format = f;
+        out->width = swap ? d.hdr.height : d.hdr.width;
+        out->height = swap ? d.hdr.width : d.hdr.height;
+        out->orientation = d.hdr.orientation;
+        ap_error_clear(err); /* a decoder may have noted a problem it then worked around */
+        return AP_OK;
+    }
+    if (rc == AP_OK) /* a decoder went past its header: a bug, and the answer is unknown */
+        return ap_error_set(err, AP_EINTERNAL, "%s: decoder did not stop at the header",
+                            ap_format_name(f));
+    if (rc == AP_EUNSUPPORTED && (err == NULL || err->msg[0] == '\0'))
+        return ap_error_set(err, AP_EUNSUPPORTED, "%s: no decoder", ap_format_name(f));
     return rc;
 }
 

@@ -365,6 +365,46 @@ out:
     notify(s, &ch, now_ms);
 }
 
+/*
+ * A remote decision: no on_change (the sync that calls this must not echo it back), and the
+ * same bookkeeping as a local opening so /metrics counts it. HALF_OPEN is never forced.
+ */
+void ap_breaker_force(ap_breaker_set *s, const char *deployment, ap_breaker_state state,
+                      int64_t now_ms, int64_t probe_at_ms)
+{
+    if (AP_NEVER(s == NULL))
+        return;
+    if (state != AP_BREAKER_OPEN && state != AP_BREAKER_CLOSED)
+        return;
+    if (now_ms < 0)
+        now_ms = 0;
+
+    pthread_mutex_lock(&s->mu);
+    struct brk *b = lookup(s, deployment, true);
+    if (b == NULL)
+        goto out;
+    if (state == AP_BREAKER_OPEN && b->state == AP_BREAKER_OPEN) {
+        /* Two gateways opened it: the later cooldown end wins, so neither probes early. */
+        b->probe_at = AP_MAX(b->probe_at, probe_at_ms);
+    } else if (state == AP_BREAKER_OPEN) {
+        b->state = AP_BREAKER_OPEN;
+        b->opened_at = now_ms;
+        b->probe_at = probe_at_ms;
+        b->times_opened++;
+        b->consecutive = 0;
+        /* Probes handed out while HALF_OPEN report into OPEN, where they are ignored. */
+        b->issued = b->succeeded = 0;
+        win_reset(b);
+    } else {
+        b->state = AP_BREAKER_CLOSED;
+        b->consecutive = 0;
+        b->issued = b->succeeded = 0;
+        win_reset(b);
+    }
+out:
+    pthread_mutex_unlock(&s->mu);
+}
+
 ap_breaker_state ap_breaker_state_get(ap_breaker_set *s, const char *deployment)
 {
     if (AP_NEVER(s == NULL))

@@ -2338,8 +2338,9 @@ void ap__chat_run(struct ap__req *r, json_t *canon)
         json_t *rf = json_object_get(c->canon, "response_format");
         bool schema = rf && json_object_get(rf, "json_schema") != NULL;
         task_policy(c->task, schema, &c->ttl_s, &c->near, &c->tolerant);
-        if (r->cache_ttl_header && atol(r->cache_ttl_header) > 0)
-            c->ttl_s = atol(r->cache_ttl_header);
+        long ttl = r->cache_ttl_header ? strtol(r->cache_ttl_header, NULL, 10) : 0;
+        if (ttl > 0)
+            c->ttl_s = ttl;
         c->cacheable = true;
         cache_key(c,
                   c->prov->type == AP_PROVIDER_LOCAL ? "ocr" : target_for(c->mconf, c->prov, NULL));

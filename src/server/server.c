@@ -783,7 +783,7 @@ static void open_cache(struct ap_gateway *gw)
     const char *url = getenv("APERTURE_CACHE_URL");
     const char *thr = getenv("APERTURE_CACHE_NEAR_THRESHOLD");
     const char *admin = getenv("APERTURE_ADMIN_KEY");
-    gw->near_threshold = thr && *thr ? atoi(thr) : 6;
+    gw->near_threshold = thr && *thr ? (int)strtol(thr, NULL, 10) : 6;
     if (admin && *admin) {
         uint8_t d[32];
         if (ap_sha256((const uint8_t *)admin, strlen(admin), d, NULL) == AP_OK)

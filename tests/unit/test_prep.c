@@ -1,6 +1,7 @@
 /*
  * test_prep.c - ap_prep() options and contract: geometry presets, never upscaling, trim, gray,
- * encodings and quality, the byte/pixel/side limits, warnings, hashes of the output, base64.
+ * encodings and quality, the byte/pixel/side limits, warnings, hashes of the output, base64;
+ * and ap_prep_probe(): the header alone, against what ap_prep() makes of the same corpus files.
  *
  * Inputs are synthetic pictures drawn here and encoded with the library's own (internal)
  * encoder, so every expected size is exact and known; the corpus-driven suites live in
@@ -728,6 +729,248 @@ static void test_prep__base64_rfc4648_vectors(void **state)
     free(png);
 }
 
+/* ---- ap_prep_probe ------------------------------------------------------------------------- */
+
+/*
+ * Probe a corpus file and compare with what ap_prep() (target "none": the displayed image at
+ * full size) makes of it. When ap_prep succeeds, the probe must too, with the same format,
+ * displayed size and orientation. When ap_prep fails the probe may still succeed (it reads the
+ * header only: a file cut in its pixel data, or a bomb ap_prep refuses by limit), but must
+ * fail cleanly otherwise. Returns the probe's status; *pi is filled on AP_OK.
+ */
+static ap_status probe_vs_prep(const char *rel, int *nfail, ap_probe_info *pi)
+{
+    size_t len = 0;
+    uint8_t *in = pt_read_corpus(rel, &len);
+    ap_prep_opts o;
+    ap_prep_opts_init(&o);
+    assert_int_equal(ap_prep_opts_target(&o, "none"), AP_OK);
+    o.no_hash = true;
+    ap_prep_result r;
+    ap_error err = {0}, perr = {0};
+    ap_status st = ap_prep(in, len, &o, &r, &err);
+    memset(pi, 0, sizeof(*pi));
+    ap_status pst = ap_prep_probe(in, len, pi, &perr);
+
+    if (pst != AP_OK && (perr.code != pst || perr.msg[0] == '\0'))
+        PT_FAIL(*nfail, rel, "probe returned %s but its error says %s \"%s\"", ap_strerror(pst),
+                ap_strerror(perr.code), perr.msg);
+    if (pst == AP_OK && perr.code != AP_OK)
+        PT_FAIL(*nfail, rel, "probe succeeded but left an error: \"%s\"", perr.msg);
+    if (st == AP_OK) {
+        if (pst != AP_OK)
+            PT_FAIL(*nfail, rel, "ap_prep decodes it, the probe says %s: %s", ap_strerror(pst),
+                    perr.msg);
+        else if (pi->format != r.in_format || pi->width != r.out_width ||
+                 pi->height != r.out_height || pi->orientation != r.orientation)
+            PT_FAIL(*nfail, rel, "probe %s %ux%u orientation %d, ap_prep %s %ux%u orientation %d",
+                    ap_format_name(pi->format), pi->width, pi->height, pi->orientation,
+                    ap_format_name(r.in_format), r.out_width, r.out_height, r.orientation);
+    } else if (pst != AP_OK && pst != AP_EDECODE && pst != AP_EUNSUPPORTED && pst != AP_ETOOLARGE) {
+        PT_FAIL(*nfail, rel, "probe failed with %s: %s", ap_strerror(pst), perr.msg);
+    } else if (ap_sniff(in, len) == AP_FORMAT_UNKNOWN && pst != AP_EUNSUPPORTED) {
+        PT_FAIL(*nfail, rel, "not an image, yet the probe says %s", ap_strerror(pst));
+    }
+    if (pst == AP_OK && (pi->width == 0 || pi->height == 0 || pi->orientation < 1 ||
+                         pi->orientation > 8 || pi->format != ap_sniff(in, len)))
+        PT_FAIL(*nfail, rel, "probe succeeded with %s %ux%u orientation %d",
+                ap_format_name(pi->format), pi->width, pi->height, pi->orientation);
+    ap_prep_result_release(&r);
+    free(in);
+    return pst;
+}
+
+static void test_prep__probe_synthetic(void **state)
+{
+    (void)state;
+    static const ap_encoding encs[] = {AP_ENC_JPEG, AP_ENC_PNG, AP_ENC_WEBP};
+    static const ap_format fmts[] = {AP_FORMAT_JPEG, AP_FORMAT_PNG, AP_FORMAT_WEBP};
+    /* Where the header ends: cut anywhere before, the probe must fail. JPEG: libjpeg reads
+     * up to the first scan, so the cut is searched for below; PNG: the end of IHDR's data
+     * (spng takes an IHDR whose CRC is cut off; the file then fails in ap_prep); WebP (VP8):
+     * the frame header with the size. */
+    for (size_t e = 0; e < 3; e++) {
+        size_t len;
+        uint8_t *img = synth(321, 123, 3, encs[e], &len);
+        ap_probe_info pi;
+        ap_error err = {0};
+        memset(&pi, 0x5A, sizeof(pi));
+        assert_int_equal(ap_prep_probe(img, len, &pi, &err), AP_OK);
+        assert_int_equal(pi.format, fmts[e]);
+        assert_int_equal(pi.width, 321);
+        assert_int_equal(pi.height, 123);
+        assert_int_equal(pi.orientation, 1);
+        assert_int_equal(err.code, AP_OK);
+
+        size_t header_end = encs[e] == AP_ENC_PNG ? 29 : encs[e] == AP_ENC_WEBP ? 30 : 0;
+        for (size_t i = 2; header_end == 0 && i + 1 < len; i++)
+            if (img[i] == 0xFF && img[i + 1] == 0xDA) /* SOS */
+                header_end = i;
+        assert_true(header_end > 12 && header_end < len);
+        for (size_t cut = 0; cut < header_end; cut++) {
+            ap_error_clear(&err);
+            ap_status st = ap_prep_probe(img, cut, &pi, &err);
+            ap_status want = ap_sniff(img, cut) == AP_FORMAT_UNKNOWN ? AP_EUNSUPPORTED : AP_EDECODE;
+            if (st != want)
+                fail_msg("%s cut to %zu bytes: %s \"%s\", expected %s", ap_format_name(fmts[e]),
+                         cut, ap_strerror(st), err.msg, ap_strerror(want));
+            assert_int_equal(err.code, want);
+        }
+        free(img);
+    }
+
+    /* Not an image: named by what was sniffed. */
+    static const char html[] = "<!DOCTYPE html><html><body>hi</body></html>";
+    ap_probe_info pi;
+    ap_error err = {0};
+    assert_int_equal(ap_prep_probe((const uint8_t *)html, sizeof(html) - 1, &pi, &err),
+                     AP_EUNSUPPORTED);
+    assert_non_null(strstr(err.msg, "html"));
+    assert_int_equal(ap_prep_probe((const uint8_t *)"", 0, &pi, &err), AP_EUNSUPPORTED);
+    assert_int_equal(ap_prep_probe(NULL, 0, &pi, NULL), AP_EUNSUPPORTED);
+    /* Arguments. */
+    assert_int_equal(ap_prep_probe(NULL, 10, &pi, &err), AP_EINVAL);
+    assert_int_equal(ap_prep_probe((const uint8_t *)html, 10, NULL, &err), AP_EINVAL);
+}
+
+static void test_prep__probe_applies_no_limit(void **state)
+{
+    (void)state;
+    size_t len;
+    uint8_t *png = synth(300, 200, 3, AP_ENC_PNG, &len);
+    ap_prep_opts o;
+    ap_prep_opts_init(&o);
+    o.max_pixels = 1000;
+    o.min_side = 500;
+    o.max_input_bytes = 16;
+    ap_prep_result r;
+    assert_int_equal(ap_prep(png, len, &o, &r, NULL), AP_ETOOLARGE);
+    ap_probe_info pi;
+    assert_int_equal(ap_prep_probe(png, len, &pi, NULL), AP_OK);
+    assert_int_equal(pi.width, 300);
+    assert_int_equal(pi.height, 200);
+    /* A zero size is still a broken header. Patch IHDR's width (bytes 16..19) to 0: the CRC
+     * breaks too, and either way it is AP_EDECODE. */
+    memset(png + 16, 0, 4);
+    assert_int_equal(ap_prep_probe(png, len, &pi, NULL), AP_EDECODE);
+    free(png);
+}
+
+static void test_prep__probe_matches_prep_on_formats(void **state)
+{
+    (void)state;
+    struct pt_manifest m;
+    pt_manifest_load(&m, "formats", "formats/expected.json");
+    int nfail = 0, compared = 0;
+    char rel[512];
+    for (size_t i = 0; i < m.n; i++) {
+        const char *name = pt_col(&m.rows[i], 0), *outcome = pt_col(&m.rows[i], 1);
+        if (strncmp(outcome, "decode", 6) != 0 && strcmp(outcome, "reference data / decode") != 0)
+            continue; /* reference data, READMEs */
+        ap_probe_info pi;
+        if (probe_vs_prep(pt_fmt(rel, sizeof(rel), "formats/%s", name), &nfail, &pi) == AP_OK)
+            compared++;
+    }
+    pt_manifest_free(&m);
+    if (nfail)
+        fail_msg("%d of the formats corpus' files probed wrong", nfail);
+    /* The corpus holds some 300 decodable files; a probe that failed them all would not be
+     * caught above. */
+    assert_true(compared > 250);
+}
+
+static void test_prep__probe_orientation(void **state)
+{
+    (void)state;
+    struct pt_manifest m;
+    pt_manifest_load(&m, "orientation", "orientation/expected.json");
+    int nfail = 0, swapped = 0;
+    char rel[512];
+    for (size_t i = 0; i < m.n; i++) {
+        const struct pt_row *row = &m.rows[i];
+        long dw = pt_icol(row, 3), dh = pt_icol(row, 4), o = pt_icol(row, 2);
+        pt_fmt(rel, sizeof(rel), "orientation/%s", pt_col(row, 0));
+        ap_probe_info pi;
+        if (probe_vs_prep(rel, &nfail, &pi) != AP_OK) {
+            PT_FAIL(nfail, rel, "probe failed");
+            continue;
+        }
+        if ((long)pi.width != dw || (long)pi.height != dh)
+            PT_FAIL(nfail, rel, "probe %ux%u, displayed size is %ldx%ld", pi.width, pi.height, dw,
+                    dh);
+        /* HEIF/AVIF: the container's transforms are applied, EXIF never (orientation 1). */
+        bool heif = pi.format == AP_FORMAT_HEIF || pi.format == AP_FORMAT_AVIF;
+        if (!heif && o >= 1 && o <= 8 && pi.orientation != o)
+            PT_FAIL(nfail, rel, "orientation %d, EXIF says %ld", pi.orientation, o);
+        swapped += pi.orientation >= 5 && pi.width != pi.height;
+    }
+    pt_manifest_free(&m);
+    if (nfail)
+        fail_msg("%d orientation files probed wrong", nfail);
+    assert_true(swapped >= 10); /* the landscape/portrait 5..8 files were among them */
+}
+
+static void test_prep__probe_bombs_report_declared_size(void **state)
+{
+    (void)state;
+    /* Each refused by ap_prep before decoding; the probe reports the size declared. */
+    static const struct {
+        const char *rel;
+        ap_format f;
+        uint32_t w, h;
+    } bombs[] = {
+        {"bad/bombs/jpeg_sof_65500x65500.jpg", AP_FORMAT_JPEG, 65500, 65500},
+        {"bad/bombs/png_30000x30000_1bit_valid.png", AP_FORMAT_PNG, 30000, 30000},
+        {"bad/bombs/png_65535x65535_rgba_header_only.png", AP_FORMAT_PNG, 65535, 65535},
+        {"bad/bombs/gif_65535x65535.gif", AP_FORMAT_GIF, 65535, 65535},
+        {"bad/bombs/bmp_50000x50000_24bit_header.bmp", AP_FORMAT_BMP, 50000, 50000},
+        {"bad/bombs/bmpsuite_reallybig.bmp", AP_FORMAT_BMP, 3000000, 2000000},
+        {"bad/bombs/tiff_100000x100000_deflate.tif", AP_FORMAT_TIFF, 100000, 100000},
+        {"bad/bombs/webp_16383x16383_lossless_valid.webp", AP_FORMAT_WEBP, 16383, 16383},
+        {"bad/bombs/libvips_17000x17000.avif", AP_FORMAT_AVIF, 17000, 17000},
+    };
+    int nfail = 0;
+    for (size_t i = 0; i < sizeof(bombs) / sizeof(bombs[0]); i++) {
+        size_t len;
+        uint8_t *in = pt_read_corpus(bombs[i].rel, &len);
+        ap_prep_result r;
+        ap_status st = ap_prep(in, len, NULL, &r, NULL);
+        if (st != AP_ETOOLARGE)
+            PT_FAIL(nfail, bombs[i].rel, "ap_prep: %s, expected AP_ETOOLARGE", ap_strerror(st));
+        ap_probe_info pi;
+        ap_error err = {0};
+        st = ap_prep_probe(in, len, &pi, &err);
+        if (st != AP_OK)
+            PT_FAIL(nfail, bombs[i].rel, "probe: %s %s", ap_strerror(st), err.msg);
+        else if (pi.format != bombs[i].f || pi.width != bombs[i].w || pi.height != bombs[i].h)
+            PT_FAIL(nfail, bombs[i].rel, "probe: %s %ux%u, declared %s %ux%u",
+                    ap_format_name(pi.format), pi.width, pi.height, ap_format_name(bombs[i].f),
+                    bombs[i].w, bombs[i].h);
+        free(in);
+    }
+    if (nfail)
+        fail_msg("%d bombs probed wrong", nfail);
+}
+
+static void test_prep__probe_bad_files_fail_cleanly(void **state)
+{
+    (void)state;
+    struct pt_manifest m;
+    pt_manifest_load(&m, "bad", "bad/expected.json");
+    int nfail = 0, refused = 0;
+    char rel[512];
+    for (size_t i = 0; i < m.n; i++) {
+        ap_probe_info pi;
+        if (probe_vs_prep(pt_fmt(rel, sizeof(rel), "bad/%s", pt_col(&m.rows[i], 0)), &nfail, &pi) !=
+            AP_OK)
+            refused++;
+    }
+    pt_manifest_free(&m);
+    if (nfail)
+        fail_msg("%d of the bad corpus' files probed wrong", nfail);
+    assert_true(refused > 40); /* broken headers, non-images */
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -748,6 +991,12 @@ int main(void)
         cmocka_unit_test(test_prep__sha256_and_hashes_of_output),
         cmocka_unit_test(test_prep__arguments_and_release),
         cmocka_unit_test(test_prep__base64_rfc4648_vectors),
+        cmocka_unit_test(test_prep__probe_synthetic),
+        cmocka_unit_test(test_prep__probe_applies_no_limit),
+        cmocka_unit_test(test_prep__probe_matches_prep_on_formats),
+        cmocka_unit_test(test_prep__probe_orientation),
+        cmocka_unit_test(test_prep__probe_bombs_report_declared_size),
+        cmocka_unit_test(test_prep__probe_bad_files_fail_cleanly),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
