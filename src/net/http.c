@@ -19,7 +19,7 @@ struct ap__http {
     pthread_mutex_t mu;
     struct ap__http_call *queue;
     struct ap__http_call *delayed; /* loop thread only: calls waiting for their due time */
-    struct ap__http_call *active; /* loop thread only */
+    struct ap__http_call *active;  /* loop thread only */
     bool stopping;
     atomic_size_t inflight;
 };

@@ -1373,9 +1373,9 @@ static bool try_again(struct chat *c, ap_status rc, long status, const char *bad
     if (bad_answer == NULL && ap_retry_should(pol, c->attempt, rc, status, false, c->began)) {
         struct timespec now;
         clock_gettime(CLOCK_REALTIME, &now);
-        long delay =
-            ap_retry_delay_ms(pol, c->attempt, c->retry_after[0] ? c->retry_after : NULL, NULL,
-                              (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000, &c->rng);
+        long delay = ap_retry_delay_ms(pol, c->attempt, c->retry_after[0] ? c->retry_after : NULL,
+                                       c->retry_after_ms[0] ? c->retry_after_ms : NULL,
+                                       (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000, &c->rng);
         size_t k;
         bool probe;
         if (ap_retry_fits_deadline(pol, elapsed, delay) &&
