@@ -943,6 +943,21 @@ static bool flight_join(struct chat *c)
 
 static void deliver(struct chat *c, json_t *resp);
 
+/* Whether other requests wait on c's answer. */
+static bool flight_has_waiters(struct chat *c)
+{
+    if (!c->leader)
+        return false;
+    bool any = false;
+    struct ap_gateway *gw = c->r->gw;
+    pthread_mutex_lock(&gw->flight_mu);
+    for (struct ap__flight *f = gw->flights; f; f = f->next)
+        if (memcmp(f->key, c->key.exact, 32) == 0)
+            any = f->waiters != NULL;
+    pthread_mutex_unlock(&gw->flight_mu);
+    return any;
+}
+
 /* The leader is done: hand its answer (or its failure) to every waiter. */
 static void flight_finish(struct chat *c, const json_t *resp, unsigned status, const char *msg)
 {
@@ -1370,6 +1385,11 @@ static bool try_again(struct chat *c, ap_status rc, long status, const char *bad
     long elapsed = (long)(ap__now_ms() - c->t_first);
     bool transient = bad_answer == NULL && ap_retry_transient(pol, rc, status);
     breaker_result(c, !transient);
+    /* Nobody to answer (and no coalesced request waiting on this one): stop here. */
+    if (!c->began && ap__req_client_gone(r) && !flight_has_waiters(c)) {
+        ap__metrics_add(gw->metrics, "aperture_client_gone_total", NULL, 1);
+        return false;
+    }
     if (bad_answer == NULL && ap_retry_should(pol, c->attempt, rc, status, false, c->began)) {
         struct timespec now;
         clock_gettime(CLOCK_REALTIME, &now);

@@ -57,6 +57,8 @@ static const struct family_def {
     {"aperture_route_total", COUNTER, "Requests by the routing rule that decided them.", 0, 0},
     {"aperture_two_stage_total", COUNTER, "Two-stage classifications, by class and full run.", 0,
      0},
+    {"aperture_client_gone_total", COUNTER,
+     "Failed attempts not retried because the client had gone.", 0, 0},
     {"aperture_review_items_total", COUNTER, "Requests stored for human review.", 0, 0},
     {"aperture_review_resolved_total", COUNTER, "Review items resolved or rejected.", 0, 0},
 };

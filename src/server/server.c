@@ -714,6 +714,21 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     return MHD_YES;
 }
 
+bool ap__req_client_gone(struct ap__req *r)
+{
+    if (r->stream_error)
+        return true;
+    /* A suspended connection is not polled by MHD, so ask the socket: a peer that closed
+     * reads as end of file. Pipelined bytes or nothing yet both mean it is still there. */
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (ci == NULL)
+        return false;
+    char b;
+    ssize_t n = recv(ci->connect_fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n == 0;
+}
+
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
                          enum MHD_RequestTerminationCode toe)
 {
