@@ -252,23 +252,34 @@ size_t ap__http_inflight(struct ap__http *h)
     return atomic_load(&h->inflight);
 }
 
-void ap__http_free(struct ap__http *h)
+void ap__http_stop(struct ap__http *h)
 {
     if (h == NULL)
         return;
     pthread_mutex_lock(&h->mu);
+    bool was = h->stopping;
     h->stopping = true;
     pthread_mutex_unlock(&h->mu);
+    if (was)
+        return;
     curl_multi_wakeup(h->multi);
     pthread_join(h->thread, NULL);
-    /* Calls queued after the loop's last pass. */
+    /* Calls queued after the loop's last pass (no more can join: submit refuses now). */
     struct ap__http_call *q = h->queue;
+    h->queue = NULL;
     while (q) {
         struct ap__http_call *next = q->next;
         q->on_done(q->ctx, AP_ENETWORK, 0, NULL, 0, "gateway is shutting down");
         call_free(q);
         q = next;
     }
+}
+
+void ap__http_free(struct ap__http *h)
+{
+    if (h == NULL)
+        return;
+    ap__http_stop(h);
     curl_multi_cleanup(h->multi);
     pthread_mutex_destroy(&h->mu);
     free(h);

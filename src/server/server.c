@@ -1046,10 +1046,13 @@ void ap_gateway_stop(ap_gateway *gw, long deadline_ms)
      * and no slot is granted from here on); then abort upstream calls still running: their
      * callbacks answer 502/504 and resume, and give their slots back to the closed limiter. */
     ap_limiter_close(gw->limiter);
-    ap__http_free(gw->http);
-    gw->http = NULL;
+    ap__http_stop(gw->http);
+    /* Jobs still queued on the pool run to the end; their upstream submits are refused. Only
+     * then can the loop's memory go. */
     ap__pool_free(gw->pool);
     gw->pool = NULL;
+    ap__http_free(gw->http);
+    gw->http = NULL;
     /* Give the event thread a moment to flush the answers just queued. */
     until = ap__now_ms() + 500;
     while (atomic_load(&gw->inflight) > 0 && ap__now_ms() < until) {
