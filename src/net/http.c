@@ -19,7 +19,7 @@ struct ap__http {
     pthread_mutex_t mu;
     struct ap__http_call *queue;
     struct ap__http_call *delayed; /* loop thread only: calls waiting for their due time */
-    struct ap__http_call *active; /* loop thread only */
+    struct ap__http_call *active;  /* loop thread only */
     bool stopping;
     atomic_size_t inflight;
 };
@@ -64,9 +64,17 @@ static size_t on_header(char *data, size_t size, size_t n, void *arg)
         while (i < len && o + 1 < sizeof(c->retry_after) && data[i] != '\r' && data[i] != '\n')
             c->retry_after[o++] = data[i++];
         c->retry_after[o] = '\0';
-    } else if (len > 15 && strncasecmp(data, "retry-after-ms:", 15) == 0 && !c->retry_after[0]) {
+    } else if (len > 15 && strncasecmp(data, "retry-after-ms:", 15) == 0) {
+        /* Kept as sent for the retry policy (ap_retry_delay_ms() prefers it); rounded up to
+         * seconds as a Retry-After for a client only when the upstream sent none. */
+        size_t i = 15, o = 0;
+        while (i < len && data[i] == ' ')
+            i++;
+        while (i < len && o + 1 < sizeof(c->retry_after_ms) && data[i] != '\r' && data[i] != '\n')
+            c->retry_after_ms[o++] = data[i++];
+        c->retry_after_ms[o] = '\0';
         long ms = strtol(data + 15, NULL, 10);
-        if (ms > 0)
+        if (ms > 0 && !c->retry_after[0])
             snprintf(c->retry_after, sizeof(c->retry_after), "%ld", (ms + 999) / 1000);
     }
     return len;
@@ -244,23 +252,34 @@ size_t ap__http_inflight(struct ap__http *h)
     return atomic_load(&h->inflight);
 }
 
-void ap__http_free(struct ap__http *h)
+void ap__http_stop(struct ap__http *h)
 {
     if (h == NULL)
         return;
     pthread_mutex_lock(&h->mu);
+    bool was = h->stopping;
     h->stopping = true;
     pthread_mutex_unlock(&h->mu);
+    if (was)
+        return;
     curl_multi_wakeup(h->multi);
     pthread_join(h->thread, NULL);
-    /* Calls queued after the loop's last pass. */
+    /* Calls queued after the loop's last pass (no more can join: submit refuses now). */
     struct ap__http_call *q = h->queue;
+    h->queue = NULL;
     while (q) {
         struct ap__http_call *next = q->next;
         q->on_done(q->ctx, AP_ENETWORK, 0, NULL, 0, "gateway is shutting down");
         call_free(q);
         q = next;
     }
+}
+
+void ap__http_free(struct ap__http *h)
+{
+    if (h == NULL)
+        return;
+    ap__http_stop(h);
     curl_multi_cleanup(h->multi);
     pthread_mutex_destroy(&h->mu);
     free(h);

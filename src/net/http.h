@@ -31,6 +31,7 @@ struct ap__http_call {
                     const char *errmsg);
     /* Filled before on_done: the upstream's Retry-After (or retry-after-ms, as seconds). */
     char retry_after[32];
+    char retry_after_ms[32]; /* the upstream's retry-after-ms, as sent ("" = none) */
     void *ctx;
     /* Private. */
     void *easy;
@@ -53,7 +54,11 @@ int ap__http_submit(struct ap__http *h, struct ap__http_call *call);
 int ap__http_submit_after(struct ap__http *h, struct ap__http_call *call, long delay_ms);
 /* Transfers in flight. */
 size_t ap__http_inflight(struct ap__http *h);
-/* Abort everything in flight (each on_done gets AP_ENETWORK), stop the loop, free. */
+/* Abort everything in flight (each on_done gets AP_ENETWORK) and stop the loop; from then on
+ * every submit is refused (its on_done called at once), but h stays valid for callers that
+ * still hold it (jobs draining on the worker pool). Idempotent. */
+void ap__http_stop(struct ap__http *h);
+/* Stop (when not yet stopped) and free. */
 void ap__http_free(struct ap__http *h);
 
 #endif

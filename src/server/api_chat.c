@@ -212,7 +212,7 @@ struct chat {
     char *errbuf;
     size_t errlen;
     double t_up;
-    char retry_after[32];
+    char retry_after[32], retry_after_ms[32];
     struct ap__http_call *call; /* valid until its on_done returns */
     struct ap__usage usage;
     /* Cache. */
@@ -590,6 +590,7 @@ static void on_stream_done(void *ctx, ap_status rc, long status, const char *bod
     (void)body, (void)len;
     lim_release(c);
     snprintf(c->retry_after, sizeof(c->retry_after), "%s", c->call->retry_after);
+    snprintf(c->retry_after_ms, sizeof(c->retry_after_ms), "%s", c->call->retry_after_ms);
     r->upstream_ms = ap__now_ms() - c->t_up;
     ap__metrics_observe(r->gw->metrics, "aperture_upstream_duration_seconds",
                         (const char *[]){"model", r->model, NULL}, r->upstream_ms / 1e3);
@@ -665,6 +666,7 @@ static void on_done(void *ctx, ap_status rc, long status, const char *body, size
     /* The call is freed after this returns; keep what the answer needs from it. */
     lim_release(c);
     snprintf(c->retry_after, sizeof(c->retry_after), "%s", c->call->retry_after);
+    snprintf(c->retry_after_ms, sizeof(c->retry_after_ms), "%s", c->call->retry_after_ms);
     r->upstream_ms = ap__now_ms() - c->t_up;
     ap__metrics_observe(r->gw->metrics, "aperture_upstream_duration_seconds",
                         (const char *[]){"model", r->model, NULL}, r->upstream_ms / 1e3);
@@ -682,8 +684,11 @@ static void on_done(void *ctx, ap_status rc, long status, const char *body, size
             free(c->candidate); /* the best answer so far, for a review item */
             c->candidate = json_dumps(resp, JSON_COMPACT);
         }
+        /* A 2xx body that does not parse is a broken answer, not the request's fault: retried
+         * and counted against the deployment like a connection that dropped mid-answer. */
+        ap_status arc = prc == AP_OK ? AP_EUPSTREAM : prc == AP_EDECODE ? AP_ENETWORK : prc;
         if (prc != AP_OK || bad) {
-            if (try_again(c, prc == AP_OK ? AP_EUPSTREAM : prc, status, bad)) {
+            if (try_again(c, arc, status, bad)) {
                 json_decref(resp);
                 return;
             }
@@ -937,6 +942,21 @@ static bool flight_join(struct chat *c)
 }
 
 static void deliver(struct chat *c, json_t *resp);
+
+/* Whether other requests wait on c's answer. */
+static bool flight_has_waiters(struct chat *c)
+{
+    if (!c->leader)
+        return false;
+    bool any = false;
+    struct ap_gateway *gw = c->r->gw;
+    pthread_mutex_lock(&gw->flight_mu);
+    for (struct ap__flight *f = gw->flights; f; f = f->next)
+        if (memcmp(f->key, c->key.exact, 32) == 0)
+            any = f->waiters != NULL;
+    pthread_mutex_unlock(&gw->flight_mu);
+    return any;
+}
 
 /* The leader is done: hand its answer (or its failure) to every waiter. */
 static void flight_finish(struct chat *c, const json_t *resp, unsigned status, const char *msg)
@@ -1365,12 +1385,17 @@ static bool try_again(struct chat *c, ap_status rc, long status, const char *bad
     long elapsed = (long)(ap__now_ms() - c->t_first);
     bool transient = bad_answer == NULL && ap_retry_transient(pol, rc, status);
     breaker_result(c, !transient);
+    /* Nobody to answer (and no coalesced request waiting on this one): stop here. */
+    if (!c->began && ap__req_client_gone(r) && !flight_has_waiters(c)) {
+        ap__metrics_add(gw->metrics, "aperture_client_gone_total", NULL, 1);
+        return false;
+    }
     if (bad_answer == NULL && ap_retry_should(pol, c->attempt, rc, status, false, c->began)) {
         struct timespec now;
         clock_gettime(CLOCK_REALTIME, &now);
-        long delay =
-            ap_retry_delay_ms(pol, c->attempt, c->retry_after[0] ? c->retry_after : NULL, NULL,
-                              (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000, &c->rng);
+        long delay = ap_retry_delay_ms(pol, c->attempt, c->retry_after[0] ? c->retry_after : NULL,
+                                       c->retry_after_ms[0] ? c->retry_after_ms : NULL,
+                                       (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000, &c->rng);
         size_t k;
         bool probe;
         if (ap_retry_fits_deadline(pol, elapsed, delay) &&
@@ -1672,7 +1697,8 @@ static void chain_start(struct chat *c, uint8_t **ocr, size_t *ocr_len, size_t n
         chat_free(c);
         return;
     case STEP_REVIEW:
-        snprintf(c->why, sizeof(c->why), "breaker_open");
+        snprintf(c->why, sizeof(c->why), "%s",
+                 c->step > 0 ? "breaker_open: no model step could run" : "review first");
         ap__req_ref(r);
         if (!go_review(c, NULL)) {
             ap__req_unref(r);
@@ -1698,6 +1724,7 @@ static void start_attempt(struct chat *c, long delay_ms)
     c->errbuf = NULL;
     c->errlen = 0;
     c->retry_after[0] = '\0';
+    c->retry_after_ms[0] = '\0';
     c->recorded = false;
     if (c->xs) {
         c->ops->stream_free(c->xs);

@@ -26,8 +26,9 @@ static const struct {
      "(a number) and currency (ISO 4217 code). Answer with one JSON object with exactly those "
      "keys; use null for anything not present.",
      true},
-    {"classify", "Classify this image: answer with one JSON object {\"label\": ..., "
-                 "\"confidence\": 0..1}.",
+    {"classify",
+     "Classify this image: answer with one JSON object {\"label\": ..., "
+     "\"confidence\": 0..1}.",
      true},
     {"document_qa", "Answer the question about this document.", false},
 };
@@ -71,8 +72,7 @@ static bool native_parse(struct ap__req *r, struct native_in *in, bool raw_ok)
         if (schema) {
             json_t *s = json_loads(schema, 0, NULL);
             if (s == NULL) {
-                ap__req_error(r, 400, "invalid_request_error", "schema",
-                              "schema: not valid JSON");
+                ap__req_error(r, 400, "invalid_request_error", "schema", "schema: not valid JSON");
                 return false;
             }
             json_object_set_new(in->json, "schema_parsed", s);
@@ -102,13 +102,13 @@ static bool native_parse(struct ap__req *r, struct native_in *in, bool raw_ok)
         }
         ap_status rc;
         if (image && strncmp(image, "data:", 5) != 0) {
-            size_t max = r->gw->cfg->prep.max_input_bytes ? r->gw->cfg->prep.max_input_bytes
-                                                          : (64u << 20);
+            size_t max =
+                r->gw->cfg->prep.max_input_bytes ? r->gw->cfg->prep.max_input_bytes : (64u << 20);
             rc = ap__b64_decode(image, strlen(image), max, &in->img, &in->img_len);
             if (rc != AP_OK) {
-                ap__req_error(r, rc == AP_ETOOLARGE ? 413 : 400, "invalid_request_error",
-                              "image", "image: %s", rc == AP_ETOOLARGE ? "over the size limit"
-                                                                       : "invalid base64");
+                ap__req_error(r, rc == AP_ETOOLARGE ? 413 : 400, "invalid_request_error", "image",
+                              "image: %s",
+                              rc == AP_ETOOLARGE ? "over the size limit" : "invalid base64");
                 return false;
             }
         } else {
@@ -167,8 +167,8 @@ void ap__api_analyze(struct ap__req *r)
         prompt = tc->prompt;
     if (prompt == NULL)
         prompt = builtin_tasks[0].prompt;
-    const char *model = in.model ? in.model
-                        : tc && tc->model ? tc->model
+    const char *model = in.model             ? in.model
+                        : tc && tc->model    ? tc->model
                         : cfg->default_model ? cfg->default_model
                                              : "local";
     /* The canonical request: one user message with the prompt and the image. */
@@ -188,8 +188,8 @@ void ap__api_analyze(struct ap__req *r)
     snprintf(durl, n, "data:application/octet-stream;base64,%s", b64);
     free(b64);
     json_t *canon = json_pack("{s:s, s:[{s:s, s:[{s:s, s:s}, {s:s, s:{s:s}}]}]}", "model", model,
-                              "messages", "role", "user", "content", "type", "text", "text",
-                              prompt, "type", "image_url", "image_url", "url", durl);
+                              "messages", "role", "user", "content", "type", "text", "text", prompt,
+                              "type", "image_url", "image_url", "url", durl);
     free(durl);
     if (canon == NULL) {
         ap__req_error(r, 500, "api_error", NULL, "out of memory");
@@ -217,8 +217,7 @@ void ap__api_preprocess(struct ap__req *r)
     const char *format = in.format ? in.format : r->query_format ? r->query_format : "jpeg";
     ap_prep_opts o = r->gw->cfg->prep;
     if (ap_prep_opts_target(&o, target) != AP_OK) {
-        ap__req_error(r, 400, "invalid_request_error", "target", "target: unknown \"%s\"",
-                      target);
+        ap__req_error(r, 400, "invalid_request_error", "target", "target: unknown \"%s\"", target);
         goto out;
     }
     if (strcmp(format, "png") == 0)
@@ -232,7 +231,10 @@ void ap__api_preprocess(struct ap__req *r)
     }
     ap_status rc = ap_prep(in.img, in.img_len, &o, &res, &err);
     if (rc != AP_OK) {
-        ap__req_error(r, rc == AP_ETOOLARGE ? 413 : rc == AP_EUNSUPPORTED ? 415 : 400,
+        ap__req_error(r,
+                      rc == AP_ETOOLARGE      ? 413
+                      : rc == AP_EUNSUPPORTED ? 415
+                                              : 400,
                       ap_strerror(rc), "image", "image refused: %s", err.msg);
         goto out;
     }
@@ -251,26 +253,38 @@ void ap__api_preprocess(struct ap__req *r)
                     !(r->query_response && strcmp(r->query_response, "image") == 0));
     if (as_json) {
         char *b64 = ap_base64_encode(res.out, res.out_len);
-        json_t *j = json_pack("{s:s, s:s, s:i, s:i, s:I, s:i, s:i, s:I, s:s, s:s, s:s, s:s, "
-                              "s:i, s:s, s:b, s:f, s:s?}",
-                              "format", ap_format_name(res.in_format), "media_type",
-                              res.out_media_type, "original_width", (int)res.in_width,
-                              "original_height", (int)res.in_height, "original_bytes",
-                              (json_int_t)res.in_bytes, "width", (int)res.out_width, "height",
-                              (int)res.out_height, "bytes", (json_int_t)res.out_len, "sha256",
-                              res.sha256_hex, "phash", ph, "dhash", dh, "target", target,
-                              "orientation", res.orientation, "metadata_removed", meta,
-                              "icc_converted", res.icc_converted, "preprocess_ms",
-                              res.ms.total_ms, "image_base64", b64);
+        json_t *j =
+            json_pack("{s:s, s:s, s:i, s:i, s:I, s:i, s:i, s:I, s:s, s:s, s:s, s:s, "
+                      "s:i, s:s, s:b, s:f, s:s?}",
+                      "format", ap_format_name(res.in_format), "media_type", res.out_media_type,
+                      "original_width", (int)res.in_width, "original_height", (int)res.in_height,
+                      "original_bytes", (json_int_t)res.in_bytes, "width", (int)res.out_width,
+                      "height", (int)res.out_height, "bytes", (json_int_t)res.out_len, "sha256",
+                      res.sha256_hex, "phash", ph, "dhash", dh, "target", target, "orientation",
+                      res.orientation, "metadata_removed", meta, "icc_converted", res.icc_converted,
+                      "preprocess_ms", res.ms.total_ms, "image_base64", b64);
         free(b64);
         ap__req_respond_json(r, 200, j, NULL);
     } else {
-        const char *hdr[] = {"x-aperture-original-width", w,   "x-aperture-original-height", h,
-                             "x-aperture-width",          ow,  "x-aperture-height",          oh,
-                             "x-aperture-sha256",         res.sha256_hex,
-                             "x-aperture-phash",          ph,  "x-aperture-dhash",           dh,
-                             "x-aperture-metadata-removed", meta,
-                             "x-aperture-preprocess-ms",  ms,  NULL};
+        const char *hdr[] = {"x-aperture-original-width",
+                             w,
+                             "x-aperture-original-height",
+                             h,
+                             "x-aperture-width",
+                             ow,
+                             "x-aperture-height",
+                             oh,
+                             "x-aperture-sha256",
+                             res.sha256_hex,
+                             "x-aperture-phash",
+                             ph,
+                             "x-aperture-dhash",
+                             dh,
+                             "x-aperture-metadata-removed",
+                             meta,
+                             "x-aperture-preprocess-ms",
+                             ms,
+                             NULL};
         ap__req_respond(r, 200, res.out_media_type, (char *)res.out, res.out_len, hdr);
         res.out = NULL; /* ownership moved to the response */
     }
@@ -335,9 +349,8 @@ void ap__api_admin_cache(struct ap__req *r)
         return;
     }
     ap__req_respond_json(r, 200,
-                         json_pack("{s:s, s:b, s:I, s:I, s:i}", "backend", st.backend,
-                                   "backend_up", st.backend_up, "entries", (json_int_t)st.entries,
-                                   "bytes", (json_int_t)st.bytes, "near_threshold",
-                                   gw->near_threshold),
+                         json_pack("{s:s, s:b, s:I, s:I, s:i}", "backend", st.backend, "backend_up",
+                                   st.backend_up, "entries", (json_int_t)st.entries, "bytes",
+                                   (json_int_t)st.bytes, "near_threshold", gw->near_threshold),
                          NULL);
 }

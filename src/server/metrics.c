@@ -14,8 +14,8 @@
 
 enum kind { COUNTER, GAUGE, HISTOGRAM };
 
-static const double dur_buckets[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-                                     0.25,  0.5,    1,     2.5,  5,     10,   30, 60};
+static const double dur_buckets[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                                     0.5,   1,      2.5,   5,    10,    30,   60};
 static const double tok_buckets[] = {64, 128, 256, 512, 768, 1024, 1536, 2048, 4096, 8192, 16384};
 
 static const struct family_def {
@@ -57,6 +57,8 @@ static const struct family_def {
     {"aperture_route_total", COUNTER, "Requests by the routing rule that decided them.", 0, 0},
     {"aperture_two_stage_total", COUNTER, "Two-stage classifications, by class and full run.", 0,
      0},
+    {"aperture_client_gone_total", COUNTER,
+     "Failed attempts not retried because the client had gone.", 0, 0},
     {"aperture_review_items_total", COUNTER, "Requests stored for human review.", 0, 0},
     {"aperture_review_resolved_total", COUNTER, "Review items resolved or rejected.", 0, 0},
 };
@@ -245,8 +247,8 @@ char *ap__metrics_render(struct ap__metrics *m, size_t *len)
             unsigned long long cum = 0;
             for (size_t b = 0; b < d->n_buckets; b++) {
                 cum += s->bucket[b];
-                emit(&o, "%s_bucket{%s%sle=\"%g\"} %llu\n", d->name, s->labels, sep,
-                     d->buckets[b], cum);
+                emit(&o, "%s_bucket{%s%sle=\"%g\"} %llu\n", d->name, s->labels, sep, d->buckets[b],
+                     cum);
             }
             emit(&o, "%s_bucket{%s%sle=\"+Inf\"} %llu\n", d->name, s->labels, sep, s->count);
             if (s->labels[0])

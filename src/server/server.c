@@ -714,6 +714,21 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     return MHD_YES;
 }
 
+bool ap__req_client_gone(struct ap__req *r)
+{
+    if (r->stream_error)
+        return true;
+    /* A suspended connection is not polled by MHD, so ask the socket: a peer that closed
+     * reads as end of file. Pipelined bytes or nothing yet both mean it is still there. */
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (ci == NULL)
+        return false;
+    char b;
+    ssize_t n = recv(ci->connect_fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n == 0;
+}
+
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
                          enum MHD_RequestTerminationCode toe)
 {
@@ -1031,10 +1046,13 @@ void ap_gateway_stop(ap_gateway *gw, long deadline_ms)
      * and no slot is granted from here on); then abort upstream calls still running: their
      * callbacks answer 502/504 and resume, and give their slots back to the closed limiter. */
     ap_limiter_close(gw->limiter);
-    ap__http_free(gw->http);
-    gw->http = NULL;
+    ap__http_stop(gw->http);
+    /* Jobs still queued on the pool run to the end; their upstream submits are refused. Only
+     * then can the loop's memory go. */
     ap__pool_free(gw->pool);
     gw->pool = NULL;
+    ap__http_free(gw->http);
+    gw->http = NULL;
     /* Give the event thread a moment to flush the answers just queued. */
     until = ap__now_ms() + 500;
     while (atomic_load(&gw->inflight) > 0 && ap__now_ms() < until) {

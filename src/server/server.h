@@ -130,6 +130,10 @@ struct ap__req {
     char review_id[AP_REVIEW_ID_MAX];
 };
 
+/* Whether the client has closed its connection (or a streamed write failed): no point in
+ * retrying or falling back for it. Safe from any thread while the request is suspended. */
+bool ap__req_client_gone(struct ap__req *r);
+
 void ap__req_ref(struct ap__req *r);
 void ap__req_unref(struct ap__req *r);
 

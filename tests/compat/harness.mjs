@@ -310,3 +310,40 @@ export function geminiImages(body) {
     }
   return out;
 }
+
+// ---- metrics and load --------------------------------------------------------------------------
+
+/** The gateway's /metrics text. */
+export async function metrics(gw) {
+  return (await fetch(gw.url + '/metrics')).text();
+}
+
+/**
+ * The value of a Prometheus sample: name and labels (every given label must match; others may
+ * be present); with several matches, their sum. undefined when no sample matches.
+ */
+export function metricValue(text, name, labels = {}) {
+  let sum;
+  for (const line of text.split('\n')) {
+    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
+    if (!m || m[1] !== name) continue;
+    const got = {};
+    for (const lm of (m[2] || '').matchAll(/([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g)) got[lm[1]] = lm[2];
+    if (Object.entries(labels).every(([k, v]) => got[k] === String(v))) sum = (sum ?? 0) + Number(m[3]);
+  }
+  return sum;
+}
+
+/** Run fn(0..n-1) with at most `concurrency` at once; resolves to the results in order. */
+export async function pool(n, concurrency, fn) {
+  const out = new Array(n);
+  let next = 0;
+  const worker = async () => {
+    while (next < n) {
+      const i = next++;
+      out[i] = await fn(i);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(n, concurrency) }, worker));
+  return out;
+}

@@ -42,6 +42,25 @@ describe('retries', () => {
     assert.equal(await count('/v1/chat/completions'), 2);
   });
 
+  test('a client that went away is not retried for', async () => {
+    await fake.reset();
+    // The first attempt fails after 600 ms; the client gives up after 150 ms.
+    await fake.fault({ path: '/v1/chat/completions', status: 503, delay_ms: 600, count: 1 });
+    const ac = new AbortController();
+    const t = setTimeout(() => ac.abort(), 150);
+    await fetch(gw.url + '/v1/chat/completions', {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'gpt-4o', messages: [{ role: 'user', content: 'gone' }] }),
+      signal: ac.signal,
+    }).catch(() => {});
+    clearTimeout(t);
+    await new Promise((r) => setTimeout(r, 1200)); // the 503 arrives, backoff <= 200 ms passes
+    assert.equal(await count('/v1/chat/completions'), 1, 'no second attempt for nobody');
+    const m = await (await fetch(gw.url + '/metrics')).text();
+    assert.match(m, /aperture_client_gone_total 1/);
+  });
+
   test('a 400 is not retried', async () => {
     await fake.reset();
     await fake.fault({ path: '/v1/chat/completions', status: 400, count: 1 });

@@ -7,22 +7,42 @@
 //   POST /v1beta/models/{model}:generateContent             Gemini
 //   POST /v1beta/models/{model}:streamGenerateContent       Gemini stream (?alt=sse: SSE, else a JSON array)
 // Records every request it serves (control endpoints excepted):
-//   GET  /__requests[?path=PREFIX]   [{seq, method, path, query, headers, auth_present, auth_headers,
-//                                      body (parsed JSON or null), body_bytes, body_text (non-JSON, first
-//                                      4 KiB), sent_bytes, aborted}]; auth header values are never stored
+//   GET  /__requests[?path=PREFIX][&model=NAME]
+//                                    [{seq, time, done_time, method, path, pathname, query, headers,
+//                                      auth_present, auth_headers, body (parsed JSON or null), body_bytes,
+//                                      body_text (non-JSON, first 4 KiB), sent_bytes, aborted, model,
+//                                      n_images, images, status, fault, in_flight}]; auth header values
+//                                      are never stored
+//     time / done_time: ms since the epoch when the body had been read / the exchange ended (null
+//       while it runs); model: the body's "model" or, for Gemini, the one in the path (null
+//       otherwise); images: per image part, in order, {source: "data"|"url"|"file", media_type,
+//       bytes, width, height} for inline data (dimensions from the PNG/JPEG/GIF/WebP header, 0
+//       when unknown) or {source: "url", url} for a link; status: the HTTP status answered (0 for a
+//       dropped connection or a client that left first); fault: the fault applied (its spec
+//       without count/rate) or null; in_flight: model requests being served when this one
+//       started, itself included.
 //   POST /__reset                    clear the records and the faults
 // Injects faults, per request:
-//   POST /__faults {path?, status?, retry_after?, message?, delay_ms?, malformed_json?, truncate_stream?,
-//                   drop?, stream_error?, count?, rate?}   (count: requests affected, default 1, -1 = all;
-//                   rate: probability that a matching request is affected)
-//   GET /__faults lists the pending faults, DELETE /__faults clears them.
+//   POST /__faults {path?, model?, status?, retry_after?, retry_after_ms?, message?, delay_ms?,
+//                   malformed_json?, truncate_stream?, drop?, stream_error?, answer?, all_null?,
+//                   count?, rate?}   (count: requests affected, default 1, -1 = all; rate: probability
+//                   that a matching request is affected; path: a prefix of the path; model: only
+//                   requests for exactly this model, as recorded above)
+//   GET /__faults lists the pending faults, DELETE /__faults clears them. The first pending fault
+//   that matches a request applies (one per request).
 //   or a request header  x-fake-fault: {"status":429,"retry_after":3}  (JSON) or  status=429,retry_after=3
 //   status: answer with that status and an error body in the endpoint's format (plus Retry-After when
-//   retry_after is given); delay_ms: wait first (alone: a slow but normal answer); malformed_json: a 200
-//   whose JSON (or, streamed, one event's data) is broken; truncate_stream: stop half-way and cut the
-//   connection (a non-streamed body is cut short of its Content-Length; "clean" ends the stream without
-//   its final events instead); drop: close the connection without answering; stream_error: an in-band
-//   error event half-way (Anthropic "event: error", OpenAI/Gemini an error object) then the end.
+//   retry_after is given, and OpenAI's retry-after-ms when retry_after_ms is); delay_ms: wait first
+//   (alone: a slow but normal answer; longer than the caller's timeout: a timeout, and nothing is
+//   written once the caller has gone); malformed_json: a 200 whose JSON (or, streamed, one event's
+//   data) is broken; truncate_stream: stop half-way and cut the connection (a non-streamed body is
+//   cut short of its Content-Length; "clean" ends the stream without its final events instead);
+//   drop: close the connection without answering; stream_error: an in-band error event half-way
+//   (Anthropic "event: error", OpenAI/Gemini an error object) then the end; answer: a 200 whose
+//   assistant text is exactly this string (every format, plain and streamed); all_null: a 200 whose
+//   assistant text is a JSON object with every field null ({"vendor":null,"invoice_number":null,
+//   "date":null,"total":null}; or name the fields: all_null: ["a","b"]), the answer of a model that
+//   found nothing.
 // Serves what image fetching is tested against:
 //   GET /img/<path>             files under --corpus DIR, or --image NAME=FILE; /img/gen.png?w=&h= is generated
 //   GET /redirect?to=URL[&status=302]
@@ -96,6 +116,95 @@ function wantsJson(kind, body) {
   }
   const sys = typeof body?.system === 'string' ? body.system : JSON.stringify(body?.system || '');
   return /\bjson\b/i.test(sys);
+}
+
+/** Width and height from an image's header (PNG, JPEG, GIF, WebP); zeros when unknown. */
+export function imageSize(buf) {
+  const none = { width: 0, height: 0 };
+  if (!buf || buf.length < 24) return none;
+  if (buf.readUInt32BE(0) === 0x89504e47) return { width: buf.readUInt32BE(16), height: buf.readUInt32BE(20) };
+  if (buf.toString('latin1', 0, 4) === 'GIF8') return { width: buf.readUInt16LE(6), height: buf.readUInt16LE(8) };
+  if (buf.toString('latin1', 0, 4) === 'RIFF' && buf.toString('latin1', 8, 12) === 'WEBP') {
+    const fmt = buf.toString('latin1', 12, 16);
+    if (fmt === 'VP8X' && buf.length >= 30) return { width: 1 + buf.readUIntLE(24, 3), height: 1 + buf.readUIntLE(27, 3) };
+    if (fmt === 'VP8 ' && buf.length >= 30) return { width: buf.readUInt16LE(26) & 0x3fff, height: buf.readUInt16LE(28) & 0x3fff };
+    if (fmt === 'VP8L' && buf.length >= 25) {
+      const b = buf.readUInt32LE(21);
+      return { width: 1 + (b & 0x3fff), height: 1 + ((b >>> 14) & 0x3fff) };
+    }
+    return none;
+  }
+  if (buf[0] !== 0xff || buf[1] !== 0xd8) return none;
+  let i = 2;
+  while (i + 9 < buf.length) {
+    if (buf[i] !== 0xff) return none;
+    const m = buf[i + 1];
+    if (m === 0xff) {
+      i++;
+      continue;
+    }
+    if (m === 0xd8 || m === 0x01 || (m >= 0xd0 && m <= 0xd7)) {
+      i += 2;
+      continue;
+    }
+    if (m === 0xd9 || m === 0xda) return none;
+    if (m >= 0xc0 && m <= 0xcf && m !== 0xc4 && m !== 0xc8 && m !== 0xcc)
+      return { width: buf.readUInt16BE(i + 7), height: buf.readUInt16BE(i + 5) };
+    i += 2 + buf.readUInt16BE(i + 2);
+  }
+  return none;
+}
+
+function inlineImage(source, mediaType, b64) {
+  const buf = Buffer.from(String(b64 || ''), 'base64');
+  return { source, media_type: mediaType || null, bytes: buf.length, ...imageSize(buf) };
+}
+
+/** Every image part of a request body, in order, in any of the three formats (see the header). */
+export function requestImages(body) {
+  const out = [];
+  const visit = (v) => {
+    if (Array.isArray(v)) return v.forEach(visit);
+    if (!v || typeof v !== 'object') return;
+    if (v.type === 'image_url' || v.type === 'input_image') {
+      const url = typeof v.image_url === 'string' ? v.image_url : v.image_url?.url;
+      const m = /^data:([^;,]+)?(;base64)?,/.exec(url || '');
+      out.push(m ? inlineImage('data', m[1], url.slice(m[0].length)) : { source: 'url', url: url ?? null });
+      return;
+    }
+    if (v.type === 'image' && v.source && typeof v.source === 'object') {
+      if (v.source.type === 'base64') out.push(inlineImage('data', v.source.media_type, v.source.data));
+      else out.push({ source: 'url', url: v.source.url ?? null });
+      return;
+    }
+    const inl = v.inline_data || v.inlineData;
+    if (inl && typeof inl === 'object') {
+      out.push(inlineImage('data', inl.mime_type || inl.mimeType, inl.data));
+      return;
+    }
+    const fd = v.file_data || v.fileData;
+    if (fd && typeof fd === 'object') {
+      out.push({ source: 'file', url: fd.file_uri || fd.fileUri || null });
+      return;
+    }
+    for (const k of Object.keys(v)) if (typeof v[k] === 'object') visit(v[k]);
+  };
+  visit(body?.messages ?? body?.contents ?? null);
+  return out;
+}
+
+/** The JSON text of an object whose every field is null: what a model that found nothing says. */
+export const ALL_NULL_FIELDS = ['vendor', 'invoice_number', 'date', 'total'];
+export function allNullAnswer(fields) {
+  const names = Array.isArray(fields) && fields.length ? fields : ALL_NULL_FIELDS;
+  return JSON.stringify(Object.fromEntries(names.map((n) => [String(n), null])));
+}
+
+/** The assistant text a fault imposes (answer, all_null), or null for the canned one. */
+function faultText(fault) {
+  if (fault?.answer !== undefined && fault.answer !== null && fault.answer !== false) return String(fault.answer);
+  if (fault?.all_null) return allNullAnswer(fault.all_null);
+  return null;
 }
 
 // ---- error bodies, per format ----------------------------------------------------------------------
@@ -204,14 +313,21 @@ export function startFakeUpstream(opts = {}) {
   const requests = [];
   let faults = [];
   let seq = 0;
+  let inFlight = 0;
   const sockets = new Set();
 
-  function takeFault(req, pathname) {
+  function takeFault(req, pathname, model) {
     const h = req.headers['x-fake-fault'];
     if (h) return parseFaultHeader(h);
     // A fault with `rate` (0..1) hits each matching request with that probability (chaos runs,
-    // usually with count -1); without it, every matching request until count runs out.
-    const i = faults.findIndex((f) => (!f.path || pathname.startsWith(f.path)) && (f.rate === undefined || Math.random() < f.rate));
+    // usually with count -1); without it, every matching request until count runs out. `model`
+    // narrows a fault to one upstream model (one deployment of a chain, one tier).
+    const i = faults.findIndex(
+      (f) =>
+        (!f.path || pathname.startsWith(f.path)) &&
+        (f.model === undefined || f.model === model) &&
+        (f.rate === undefined || Math.random() < f.rate),
+    );
     if (i < 0) return null;
     const f = faults[i];
     if (f.count > 0 && --f.count === 0) faults.splice(i, 1);
@@ -242,9 +358,13 @@ export function startFakeUpstream(opts = {}) {
       }
     }
     const search = new URLSearchParams(query).toString();
+    const gm = url.pathname.match(/^\/v1(?:beta)?\/models\/([^/:]+):/);
+    const model = typeof body?.model === 'string' ? body.model : gm ? decodeURIComponent(gm[1]) : null;
+    const imgs = body && typeof body === 'object' ? requestImages(body) : [];
     const rec = {
       seq: ++seq,
       time: Date.now(),
+      done_time: null,
       method: req.method,
       path: url.pathname + (search ? '?' + search : ''),
       pathname: url.pathname,
@@ -256,6 +376,12 @@ export function startFakeUpstream(opts = {}) {
       body_bytes: raw.length,
       sent_bytes: 0,
       aborted: false,
+      model,
+      n_images: imgs.length,
+      images: imgs,
+      status: null,
+      fault: null,
+      in_flight: 0,
     };
     if (text !== undefined) rec.body_text = text;
     requests.push(rec);
@@ -291,7 +417,8 @@ export function startFakeUpstream(opts = {}) {
   async function control(req, res, url) {
     if (url.pathname === '/__requests' && req.method === 'GET') {
       const p = url.searchParams.get('path');
-      return sendJson(res, 200, p ? requests.filter((r) => r.pathname.startsWith(p)) : requests);
+      const m = url.searchParams.get('model');
+      return sendJson(res, 200, requests.filter((r) => (!p || r.pathname.startsWith(p)) && (m === null || r.model === m)));
     }
     if (url.pathname === '/__reset' && req.method === 'POST') {
       await readBody(req);
@@ -367,7 +494,7 @@ export function startFakeUpstream(opts = {}) {
     const b = rec.body || {};
     const model = b.model || 'unknown';
     const n = countImages('openai', b);
-    const text = cannedAnswer('openai', model, n, wantsJson('openai', b));
+    const text = faultText(fault) ?? cannedAnswer('openai', model, n, wantsJson('openai', b));
     const pt = promptTokens(b, n);
     const ct = completionTokens(text);
     const usage = {
@@ -403,7 +530,7 @@ export function startFakeUpstream(opts = {}) {
     const b = rec.body || {};
     const model = b.model || 'unknown';
     const n = countImages('anthropic', b);
-    const text = cannedAnswer('anthropic', model, n, wantsJson('anthropic', b));
+    const text = faultText(fault) ?? cannedAnswer('anthropic', model, n, wantsJson('anthropic', b));
     const it = promptTokens(b, n);
     const ot = completionTokens(text);
     const id = `msg_fake${rec.seq}`;
@@ -439,7 +566,7 @@ export function startFakeUpstream(opts = {}) {
   function gemini(req, res, rec, fault, model, stream, sse) {
     const b = rec.body || {};
     const n = countImages('gemini', b);
-    const text = cannedAnswer('gemini', model, n, wantsJson('gemini', b));
+    const text = faultText(fault) ?? cannedAnswer('gemini', model, n, wantsJson('gemini', b));
     const pt = promptTokens(b, n);
     const ct = completionTokens(text);
     const usage = { promptTokenCount: pt, candidatesTokenCount: ct, totalTokenCount: pt + ct, promptTokensDetails: [{ modality: 'TEXT', tokenCount: pt }] };
@@ -555,9 +682,6 @@ export function startFakeUpstream(opts = {}) {
       return;
     }
     const rec = record(req, url, raw);
-    res.on('close', () => {
-      if (!res.writableFinished) rec.aborted = true;
-    });
 
     let kind = null, gm = null;
     const p = url.pathname;
@@ -565,17 +689,46 @@ export function startFakeUpstream(opts = {}) {
     else if (req.method === 'POST' && p === '/v1/messages') kind = 'anthropic';
     else if (req.method === 'POST' && (gm = p.match(/^\/v1(?:beta)?\/models\/([^/:]+):(generateContent|streamGenerateContent)$/))) kind = 'gemini';
 
+    if (kind) rec.in_flight = ++inFlight;
+    // The exchange ends when the last byte is handed to the socket ('finish') or the connection
+    // goes ('close'), whichever comes first: a caller cannot start its next call any earlier, so
+    // in_flight never counts a call that the caller already saw end.
+    let ended = false;
+    const end = () => {
+      if (ended) return;
+      ended = true;
+      rec.done_time = Date.now();
+      // What the caller got: the status line when one went out, 0 for none (dropped, or it left).
+      rec.status = res.headersSent ? res.statusCode : 0;
+      if (kind) inFlight--;
+    };
+    res.on('finish', end);
+    res.on('close', () => {
+      if (!res.writableFinished) rec.aborted = true;
+      end();
+    });
+
     let fault;
     try {
-      fault = takeFault(req, p);
+      fault = takeFault(req, p, rec.model);
     } catch (e) {
       return sendJson(res, 400, { error: `bad x-fake-fault header: ${e.message}` });
     }
-    if (fault?.delay_ms) await sleep(fault.delay_ms);
+    if (fault) {
+      const { count: _c, rate: _r, ...applied } = fault;
+      rec.fault = applied;
+    }
+    if (fault?.delay_ms) {
+      await sleep(fault.delay_ms);
+      // A caller that timed out meanwhile gets nothing more (and nothing is written to its socket).
+      if (res.destroyed || req.socket.destroyed) return;
+    }
     if (fault?.drop) return req.socket.destroy();
     if (fault?.status) {
       const msg = fault.message || `fake ${kind || 'upstream'}: injected status ${fault.status}`;
-      const headers = fault.retry_after !== undefined ? { 'retry-after': String(fault.retry_after) } : {};
+      const headers = {};
+      if (fault.retry_after !== undefined) headers['retry-after'] = String(fault.retry_after);
+      if (fault.retry_after_ms !== undefined) headers['retry-after-ms'] = String(fault.retry_after_ms);
       return sendJson(res, fault.status, errorBody(kind || 'openai', fault.status, msg), headers);
     }
 

@@ -22,6 +22,7 @@
  *
  * Under gcc the same file is linked with replay_main.c, so CTest replays the corpus every run.
  */
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -93,8 +94,25 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         len = size - 1;
     }
 
+    /* The header probe (routing reads it before any preprocessing) must never fail worse than
+     * ap_prep and, when both succeed, must agree on the format and the displayed size. */
+    ap_probe_info pin;
+    ap_error_clear(&err);
+    ap_status prc = ap_prep_probe(img, len, &pin, &err);
+    if (prc == AP_EINTERNAL)
+        contract_failed("probe: internal error (a decoder read past its header)", prc, &err);
+    if (prc != AP_OK && (err.code != prc || err.msg[0] == '\0'))
+        contract_failed("probe: failure without a matching error message", prc, &err);
+
     ap_error_clear(&err);
     ap_status rc = ap_prep(img, len, &opts, &res, &err);
+    if (rc == AP_OK && prc == AP_OK && !opts.trim) {
+        bool swap = res.orientation >= 5;
+        uint32_t dw = swap ? res.in_height : res.in_width, dh = swap ? res.in_width : res.in_height;
+        /* Pixels, not sides: a PNG with its EXIF after the pixels probes unrotated. */
+        if (pin.format != res.in_format || (uint64_t)pin.width * pin.height != (uint64_t)dw * dh)
+            contract_failed("probe disagrees with ap_prep on format or pixel count", rc, &err);
+    }
     if (rc == AP_OK) {
         if (res.out == NULL || res.out_len == 0 || res.out_media_type == NULL)
             contract_failed("success without output bytes", rc, &err);
