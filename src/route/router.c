@@ -8,8 +8,10 @@
  * strcasecmp()/tolower(), whose answers depend on the process locale: a rule must not match
  * differently because a library called setlocale().
  */
+#define _GNU_SOURCE /* memmem() */
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <jansson.h>
@@ -113,25 +115,63 @@ static bool client_listed(const ap_route_rule *r, const char *client)
     return false;
 }
 
+/*
+ * The prompt folded to lower case once per ap_router_match() call, the first time a rule with
+ * keywords is reached: every keyword is then one memmem() (glibc's two-way search, which skips
+ * through kilobytes faster than a byte-by-byte case-folding scan: in bench/route_bench.c a
+ * 16 KB prompt that matches no rule went from ~130 us to ~33 us of CPU per decision).
+ */
+struct folded {
+    const ap_route_facts *f;
+    bool done;
+    char *buf; /* NULL: out of memory, fall back to the folding scan */
+    char stack[4096];
+};
+
+static const char *fold(struct folded *fp)
+{
+    if (!fp->done) {
+        fp->done = true;
+        size_t n = fp->f->prompt_len;
+        fp->buf = n <= sizeof(fp->stack) ? fp->stack : malloc(n ? n : 1);
+        if (fp->buf != NULL)
+            for (size_t i = 0; i < n; i++)
+                fp->buf[i] = (char)lower((unsigned char)fp->f->prompt[i]);
+    }
+    return fp->buf;
+}
+
 /* Any keyword in the prompt. An empty keyword matches nothing: it would make the rule catch
  * every request with a prompt, which is never what a keyword list means. */
-static bool keyword_found(const ap_route_rule *r, const ap_route_facts *f)
+static bool keyword_found(const ap_route_rule *r, struct folded *fp)
 {
+    const ap_route_facts *f = fp->f;
     if (f->prompt == NULL || AP_NEVER(r->keywords == NULL))
         return false;
-    const unsigned char *p = (const unsigned char *)f->prompt;
+    const char *low = fold(fp);
     for (size_t i = 0; i < r->n_keywords; i++) {
         const char *k = r->keywords[i];
-        if (k != NULL && k[0] != '\0' &&
-            find_nocase(p, f->prompt_len, 0, (const unsigned char *)k, strlen(k)) != SIZE_MAX)
+        size_t kl = k ? strlen(k) : 0;
+        if (kl == 0 || kl > f->prompt_len)
+            continue;
+        char kb[256];
+        if (low != NULL && kl <= sizeof(kb)) {
+            for (size_t j = 0; j < kl; j++)
+                kb[j] = (char)lower((unsigned char)k[j]);
+            if (memmem(low, f->prompt_len, kb, kl) != NULL)
+                return true;
+        } else if (find_nocase((const unsigned char *)f->prompt, f->prompt_len, 0,
+                               (const unsigned char *)k, kl) != SIZE_MAX) {
             return true;
+        }
     }
     return false;
 }
 
 /* Whether every condition r sets holds for f: compares first, the prompt search last. */
-static bool rule_matches(const ap_route_rule *r, const ap_route_facts *f)
+static bool rule_matches(const ap_route_rule *r, struct folded *fp)
 {
+    const ap_route_facts *f = fp->f;
     if (r->task != NULL && (f->task == NULL || strcmp(r->task, f->task) != 0))
         return false;
     if (r->model != NULL && !model_matches(r->model, f->model))
@@ -147,7 +187,7 @@ static bool rule_matches(const ap_route_rule *r, const ap_route_facts *f)
         return false;
     if (r->n_clients > 0 && !client_listed(r, f->client))
         return false;
-    if (r->n_keywords > 0 && !keyword_found(r, f))
+    if (r->n_keywords > 0 && !keyword_found(r, fp))
         return false;
     return true;
 }
@@ -156,10 +196,14 @@ const ap_route_rule *ap_router_match(const ap_config *cfg, const ap_route_facts 
 {
     if (AP_NEVER(cfg == NULL || f == NULL))
         return NULL;
-    for (size_t i = 0; i < cfg->n_routes; i++)
-        if (rule_matches(&cfg->routes[i], f))
-            return &cfg->routes[i];
-    return NULL;
+    struct folded fp = {.f = f};
+    const ap_route_rule *hit = NULL;
+    for (size_t i = 0; i < cfg->n_routes && hit == NULL; i++)
+        if (rule_matches(&cfg->routes[i], &fp))
+            hit = &cfg->routes[i];
+    if (fp.buf != NULL && fp.buf != fp.stack)
+        free(fp.buf);
+    return hit;
 }
 
 /* ---- restricted data ---------------------------------------------------------------------- */

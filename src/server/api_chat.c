@@ -211,6 +211,7 @@ struct chat {
     struct ap__anth_sse *aw;
     char *errbuf;
     size_t errlen;
+    char stream_err[160]; /* why the stream translator gave up */
     double t_up;
     char retry_after[32], retry_after_ms[32];
     struct ap__http_call *call; /* valid until its on_done returns */
@@ -577,8 +578,12 @@ static bool on_stream_data(void *ctx, long status, const char *data, size_t len)
         ap__req_stream_write(c->r, data, len);
     bool done = false;
     ap_error err = {0};
-    if (c->ops->stream_feed(c->xs, data, len, &done, &c->usage, &err) != AP_OK)
+    if (c->ops->stream_feed(c->xs, data, len, &done, &c->usage, &err) != AP_OK) {
+        /* Keep the translator's reason (often the upstream's own in-band error): curl will
+         * only say that the write callback refused the data. */
+        snprintf(c->stream_err, sizeof(c->stream_err), "%.150s", err.msg);
         return false;
+    }
     return true;
 }
 
@@ -624,7 +629,7 @@ static void on_stream_done(void *ctx, ap_status rc, long status, const char *bod
     breaker_result(c, rc == AP_OK);
     if (rc != AP_OK)
         snprintf(r->error, sizeof(r->error), "%.40s: stream ended early: %.180s", c->prov->name,
-                 errmsg);
+                 c->stream_err[0] ? c->stream_err : errmsg);
     if (rc == AP_OK && c->cacheable) {
         /* The whole answer, rebuilt from the stream, for the cache and any waiters. */
         json_t *whole =
@@ -651,6 +656,19 @@ static void on_stream_done(void *ctx, ap_status rc, long status, const char *bod
         free(s);
     } else if (!c->passthrough && rc == AP_OK) {
         ap__req_stream_write(r, "data: [DONE]\n\n", 14);
+    } else if (!c->passthrough) {
+        /* Say why before cutting the stream, as OpenAI does with an in-band error event: the
+         * SDKs raise it as an APIError instead of a bare socket error. */
+        json_t *e = json_pack("{s:{s:s, s:s, s:n, s:n}}", "error", "message", r->error, "type",
+                              "upstream_error", "param", "code");
+        char *es = e ? json_dumps(e, JSON_COMPACT) : NULL;
+        json_decref(e);
+        if (es) {
+            ap__req_stream_write(r, "data: ", 6);
+            ap__req_stream_write(r, es, strlen(es));
+            ap__req_stream_write(r, "\n\n", 2);
+            free(es);
+        }
     }
     ap__req_stream_end(r, rc != AP_OK);
 out:
@@ -1725,6 +1743,7 @@ static void start_attempt(struct chat *c, long delay_ms)
     c->errlen = 0;
     c->retry_after[0] = '\0';
     c->retry_after_ms[0] = '\0';
+    c->stream_err[0] = '\0';
     c->recorded = false;
     if (c->xs) {
         c->ops->stream_free(c->xs);

@@ -405,6 +405,13 @@ static void limiter_gauges(const char *key, size_t queued, int in_flight, void *
                     (const char *[]){"provider", key, NULL}, (double)in_flight);
 }
 
+static void breaker_gauge(const ap_breaker_info *in, void *ctx)
+{
+    struct ap_gateway *gw = ctx;
+    ap__metrics_set(gw->metrics, "aperture_breaker_state",
+                    (const char *[]){"deployment", in->deployment, NULL}, (double)in->state);
+}
+
 static void handle_metrics(struct ap__req *r)
 {
     size_t len;
@@ -424,6 +431,9 @@ static void handle_metrics(struct ap__req *r)
     }
     if (gw->limiter)
         ap_limiter_foreach(gw->limiter, limiter_gauges, gw);
+    /* Breakers changed by another gateway (ap_breaker_force() reports no change) and breakers
+     * whose cooldown ran out are read here, at scrape time. */
+    ap_breaker_foreach(gw->breakers, breaker_gauge, gw);
     char *s = ap__metrics_render(r->gw->metrics, &len);
     ap__req_respond(r, 200, "text/plain; version=0.0.4", s, len, NULL);
 }
