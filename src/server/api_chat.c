@@ -2022,27 +2022,31 @@ static void append_capped(char *buf, size_t cap, size_t *off, const char *s)
         *off = AP_MIN(*off + (size_t)n, cap - 1);
 }
 
-/* The text parts of a canonical request, joined and capped at 4 KiB, for the log line and the
- * routing rules' keywords. */
+/* The text parts of a canonical request, joined and capped at 16 KiB: what routing rules search
+ * for keywords (16 KiB folds and searches in ~30 us, see docs/BENCHMARKS-gateway.md), and the
+ * log line's prompt (its first 4 KiB). */
+#define PROMPT_CAP (16u << 10)
 static char *prompt_text(const json_t *canon)
 {
-    char buf[4096];
+    char *buf = malloc(PROMPT_CAP);
     size_t off = 0, mi, pi;
     json_t *m, *p;
+    if (buf == NULL)
+        return NULL;
     buf[0] = '\0';
     json_array_foreach(json_object_get(canon, "messages"), mi, m)
     {
         json_t *content = json_object_get(m, "content");
         if (json_is_string(content))
-            append_capped(buf, sizeof(buf), &off, json_string_value(content));
+            append_capped(buf, PROMPT_CAP, &off, json_string_value(content));
         json_array_foreach(content, pi, p)
         {
             const char *t = json_string_value(json_object_get(p, "text"));
             if (t)
-                append_capped(buf, sizeof(buf), &off, t);
+                append_capped(buf, PROMPT_CAP, &off, t);
         }
     }
-    return strdup(buf);
+    return buf;
 }
 
 /* The image_url object of a content part that is an image, or NULL. */
@@ -2360,7 +2364,7 @@ void ap__chat_run(struct ap__req *r, json_t *canon)
     if (gw->cfg->log_prompts || gw->cfg->n_routes > 0 || lim_any(gw->cfg))
         c->prompt_all = prompt_text(c->canon);
     if (gw->cfg->log_prompts && c->prompt_all)
-        r->prompt = strdup(c->prompt_all);
+        r->prompt = strndup(c->prompt_all, 4096);
     if (!load_images(c, gw->cfg->n_routes > 0) || !route(c, ctask, model))
         goto out;
     c->orig = json_deep_copy(c->canon);
