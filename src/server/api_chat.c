@@ -682,7 +682,8 @@ static void on_done(void *ctx, ap_status rc, long status, const char *body, size
     struct chat *c = ctx;
     struct ap__req *r = c->r;
     /* The call is freed after this returns; keep what the answer needs from it. */
-    lim_release(c);
+    if (rc != AP_OK)
+        lim_release(c);
     snprintf(c->retry_after, sizeof(c->retry_after), "%s", c->call->retry_after);
     snprintf(c->retry_after_ms, sizeof(c->retry_after_ms), "%s", c->call->retry_after_ms);
     r->upstream_ms = ap__now_ms() - c->t_up;
@@ -697,6 +698,7 @@ static void on_done(void *ctx, ap_status rc, long status, const char *body, size
         json_t *resp = NULL;
         ap_status prc =
             c->ops->parse(c->prov, status, body ? body : "", len, &resp, &c->usage, &err);
+        lim_release(c); /* after parse: with the usage it reported */
         const char *bad = prc == AP_OK ? answer_check(c, resp) : NULL;
         if (bad) {
             free(c->candidate); /* the best answer so far, for a review item */
@@ -1303,6 +1305,11 @@ static const char *answer_check(struct chat *c, const json_t *resp)
     const char *fr = json_string_value(json_object_get(ch0, "finish_reason"));
     if (fr && strcmp(fr, "content_filter") == 0)
         return "refusal";
+    /* OpenAI's structured-output refusal: content null, the reason in message.refusal. */
+    const char *refusal =
+        json_string_value(json_object_get(json_object_get(ch0, "message"), "refusal"));
+    if (refusal && *refusal)
+        return "refusal";
     const ap_task_conf *tc = ap_config_task(c->r->gw->cfg, c->task);
     json_t *rf = json_object_get(c->canon, "response_format");
     const char *type = json_string_value(json_object_get(rf, "type"));
@@ -1453,7 +1460,9 @@ static void lim_release(struct chat *c)
     if (!c->lim_held)
         return;
     c->lim_held = false;
-    ap_limiter_release(c->r->gw->limiter, c->lim_prov->name, c->lim_tokens, -1);
+    /* The provider's count of input tokens, when it gave one, corrects the tpm budget. */
+    double actual = c->usage.input_tokens > 0 ? (double)c->usage.input_tokens : -1;
+    ap_limiter_release(c->r->gw->limiter, c->lim_prov->name, c->lim_tokens, actual);
 }
 
 /* The input tokens an attempt is expected to use: text at ~4 bytes a token, plus the images'
