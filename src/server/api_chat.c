@@ -1454,6 +1454,17 @@ static bool lim_needed(const struct chat *c)
            (p->max_in_flight > 0 || p->rpm > 0 || p->tpm > 0);
 }
 
+/* A provider's limits as the limiter takes them. */
+static void limit_opts(const ap_provider_conf *p, ap_limit_opts *lo)
+{
+    *lo =
+        (ap_limit_opts){.max_in_flight = p->max_in_flight,
+                        .rpm = p->rpm,
+                        .tpm = p->tpm,
+                        .queue_max = p->queue_max,
+                        .queue_timeout_ms = p->queue_timeout_ms > 0 ? p->queue_timeout_ms : 30000};
+}
+
 /* Give the attempt's slot back (the call ended). */
 static void lim_release(struct chat *c)
 {
@@ -1802,11 +1813,8 @@ static void start_attempt(struct chat *c, long delay_ms)
         return;
     }
     const ap_provider_conf *p = c->prov;
-    ap_limit_opts lo = {.max_in_flight = p->max_in_flight,
-                        .rpm = p->rpm,
-                        .tpm = p->tpm,
-                        .queue_max = p->queue_max,
-                        .queue_timeout_ms = p->queue_timeout_ms > 0 ? p->queue_timeout_ms : 30000};
+    ap_limit_opts lo;
+    limit_opts(p, &lo);
     c->pending = call;
     c->pending_delay = delay_ms;
     c->lim_tokens = est_tokens(c);
@@ -1835,6 +1843,8 @@ struct classify {
     const struct ap__provider_ops *ops;
     char key[AP_DEPLOYMENT_MAX];
     bool probe;
+    bool lim_held;
+    double lim_tokens;
     struct ap__http_call *call;
 };
 
@@ -1859,6 +1869,9 @@ static void classify_done(void *ctx, ap_status rc, long status, const char *body
     ap_error err = {0};
     ap_status prc =
         rc == AP_OK ? k->ops->parse(k->prov, status, body ? body : "", len, &resp, &u, &err) : rc;
+    if (k->lim_held)
+        ap_limiter_release(gw->limiter, k->prov->name, k->lim_tokens,
+                           u.input_tokens > 0 ? (double)u.input_tokens : -1);
     bool healthy =
         prc == AP_OK ||
         !ap_retry_transient(&gw->cfg->retry, prc == AP_EUPSTREAM ? AP_EUPSTREAM : prc, status);
@@ -1907,6 +1920,29 @@ static void classify_done(void *ctx, ap_status rc, long status, const char *body
     /* Worth it, or the classifier could not tell: the full run (failing open: a missed
      * extraction costs more than a second call). */
     if (ap__pool_submit(gw->pool, classify_proceed_job, c) != 0) {
+        ap__req_error(r, 503, "unavailable", NULL, "shutting down");
+        flight_finish(c, NULL, 503, r->error);
+        ap__req_unref(r);
+        chat_free(c);
+    }
+}
+
+/* The classifier's turn in its provider's queue came (or did not), on the limiter's thread. */
+static void classify_lim_cb(void *ctx, ap_status rc)
+{
+    struct classify *k = ctx;
+    struct chat *c = k->c;
+    struct ap__req *r = c->r;
+    if (rc == AP_OK) {
+        k->lim_held = true;
+        ap__http_submit(r->gw->http, k->call);
+        return;
+    }
+    /* Waited too long: skip the first stage; the full run goes on (on a worker). */
+    ap__upreq_release(&k->call->req);
+    free(k->call);
+    free(k);
+    if (ap__pool_submit(r->gw->pool, classify_proceed_job, c) != 0) {
         ap__req_error(r, 503, "unavailable", NULL, "shutting down");
         flight_finish(c, NULL, 503, r->error);
         ap__req_unref(r);
@@ -2014,6 +2050,25 @@ static bool classify_start(struct chat *c)
     call->on_done = classify_done;
     k->call = call;
     ap__req_ref(r); /* held by the classifier call */
+    if (gw->limiter && (prov->max_in_flight > 0 || prov->rpm > 0 || prov->tpm > 0)) {
+        /* The classifier counts against its provider's limits like any call. */
+        ap_limit_opts lo;
+        limit_opts(prov, &lo);
+        k->lim_tokens = (double)strlen(prompt) / 4.0 + 255.0 * (double)c->n_raw;
+        ap_status lrc = ap_limiter_acquire(gw->limiter, prov->name, &lo, k->lim_tokens,
+                                           classify_lim_cb, k, NULL);
+        if (lrc == AP_EBUSY)
+            return true; /* classify_lim_cb goes on */
+        if (lrc != AP_OK) {
+            /* No room for the classifier: skip the first stage, the full run goes on. */
+            ap__upreq_release(&call->req);
+            free(call);
+            free(k);
+            ap__req_unref(r);
+            return false;
+        }
+        k->lim_held = true;
+    }
     ap__http_submit(gw->http, call);
     return true;
 }

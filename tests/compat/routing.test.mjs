@@ -300,6 +300,46 @@ describe('two-stage: classify a thumbnail, run the full request for valuable cla
   });
 });
 
+describe('two-stage: the classifier counts against its provider\'s limits', () => {
+  let gw;
+  before(async () => {
+    gw = await startGateway(fake, {
+      config: {
+        providers: providers({ name: 'cls-box', limits: { rpm: 1, queue: 0 } }),
+        models: [
+          { name: 'classifier', provider: 'cls-box', upstream: 'classifier-limited' },
+          { name: 'extractor', provider: 'openai', upstream: 'extractor-large' },
+        ],
+        routes: [
+          {
+            name: 'triage',
+            min_images: 1,
+            two_stage: { model: 'classifier', classes: ['invoice', 'photo'], valuable: ['invoice'] },
+            models: ['extractor'],
+          },
+        ],
+      },
+    });
+  });
+  after(async () => gw?.stop());
+
+  test('two-stage: no room for the classifier: the first stage is skipped, the full run answers', async () => {
+    await fake.reset();
+    await fake.fault({ model: 'classifier-limited', answer: 'photo', count: -1 });
+    const first = await ask(gw, chat('gpt-4o', 'first', [SMALL]));
+    assert.equal(first.status, 200, first.text);
+    assert.equal(first.headers.get('x-aperture-class'), 'photo');
+    // rpm 1 and no queue: the second classifier call has no room this minute.
+    const second = await ask(gw, chat('gpt-4o', 'second', [SMALL]));
+    assert.equal(second.status, 200, second.text);
+    assert.equal(second.headers.get('x-aperture-class'), null);
+    assert.match(second.body.choices[0].message.content, /extractor-large/);
+    const cs = await calls();
+    assert.deepEqual(cs.map((c) => c.model), ['classifier-limited', 'extractor-large']);
+    await fake.clearFaults();
+  });
+});
+
 // ---- load balancing ----------------------------------------------------------------------------
 
 describe('load balancing across weighted deployments', () => {
