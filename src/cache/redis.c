@@ -41,6 +41,7 @@
 #include "cache/cache_int.h"
 #include "cache/mih.h"
 #include "core/core.h"
+#include "net/redis_conn.h"
 
 #define KEY_CAP    128   /* longest key name we build, with room */
 #define MEMBER_LEN 40    /* exact key + first pHash */
@@ -56,9 +57,7 @@ struct redis_store {
     redisContext *rc; /* NULL while down */
     struct ap__cache_health health;
     double last_attempt_ms;
-    char host[256];
-    int port, db;
-    char user[128], pass[256];
+    struct ap__redis_target tgt;
     char what[300]; /* "redis 127.0.0.1:6379", for messages */
 };
 
@@ -119,52 +118,6 @@ static uint32_t block_of(uint64_t code, int b)
 }
 
 /* ---- the connection */
-
-/* Connect, authenticate, select, ping; NULL with why filled on failure. Lock not needed. */
-static redisContext *dial(const struct redis_store *s, char *why, size_t why_cap)
-{
-    long ms = s->super.opts.timeout_ms;
-    struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
-    redisContext *c = redisConnectWithTimeout(s->host, s->port, tv);
-    redisReply *r = NULL;
-    char db[16];
-
-    if (c == NULL) {
-        snprintf(why, why_cap, "out of memory");
-        return NULL;
-    }
-    if (c->err)
-        goto fail;
-    if (redisSetTimeout(c, tv) != REDIS_OK)
-        goto fail;
-    (void)redisEnableKeepAlive(c);
-    if (s->pass[0] != '\0') {
-        const char *argv[3] = {"AUTH", s->user, s->pass};
-        int user = s->user[0] != '\0';
-        if (!user)
-            argv[1] = s->pass;
-        r = redisCommandArgv(c, 2 + user, argv, NULL);
-        if (r == NULL || r->type == REDIS_REPLY_ERROR)
-            goto fail;
-        freeReplyObject(r);
-    }
-    snprintf(db, sizeof(db), "%d", s->db);
-    r = s->db ? redisCommandArgv(c, 2, (const char *[]){"SELECT", db}, NULL)
-              : redisCommandArgv(c, 1, (const char *[]){"PING"}, NULL);
-    if (r == NULL || r->type == REDIS_REPLY_ERROR)
-        goto fail;
-    freeReplyObject(r);
-    return c;
-fail:
-    snprintf(why, why_cap, "%s",
-             r && r->type == REDIS_REPLY_ERROR ? r->str
-             : c->err                          ? c->errstr
-                                               : "handshake failed");
-    if (r != NULL)
-        freeReplyObject(r);
-    redisFree(c);
-    return NULL;
-}
 
 /* The connection broke: drop it, tell the reconnect thread. Lock held. */
 static ap_status lost(struct redis_store *s, ap_error *err)
@@ -806,7 +759,8 @@ static void *reconnect_main(void *arg)
         s->last_attempt_ms = ap__now_ms();
         char why[160];
         pthread_mutex_unlock(&s->mu);
-        redisContext *c = dial(s, why, sizeof(why)); /* up to timeout_ms, unlocked */
+        redisContext *c = ap__redis_dial(&s->tgt, s->super.opts.timeout_ms, why,
+                                         sizeof(why)); /* up to timeout_ms, unlocked */
         pthread_mutex_lock(&s->mu);
         if (c != NULL && !s->stopping && s->rc == NULL) {
             s->rc = c;
@@ -849,64 +803,6 @@ static const struct ap__store_ops redis_ops = {
     .free = rd_free,
 };
 
-/* Parse a decimal in [lo, hi] from p..end. */
-static bool parse_int(const char *p, const char *end, long lo, long hi, int *out)
-{
-    long v = 0;
-    if (p == end)
-        return false;
-    for (; p < end; p++) {
-        if (*p < '0' || *p > '9' || v > hi)
-            return false;
-        v = v * 10 + (*p - '0');
-    }
-    if (v < lo || v > hi)
-        return false;
-    *out = (int)v;
-    return true;
-}
-
-/* "[[user]:pass@]host[:port][/db]", host possibly "[v6]". */
-static bool parse_target(struct redis_store *s, const char *t)
-{
-    const char *at = strrchr(t, '@'), *h = at ? at + 1 : t, *hend, *p;
-
-    s->port = 6379;
-    if (at != NULL) {
-        const char *colon = memchr(t, ':', (size_t)(at - t));
-        if (colon == NULL || (size_t)(colon - t) >= sizeof(s->user) ||
-            (size_t)(at - colon - 1) >= sizeof(s->pass))
-            return false;
-        memcpy(s->user, t, (size_t)(colon - t));
-        memcpy(s->pass, colon + 1, (size_t)(at - colon - 1));
-    }
-    if (*h == '[') {
-        hend = strchr(h, ']');
-        if (hend == NULL)
-            return false;
-        h++;
-        p = hend + 1;
-    } else {
-        hend = h + strcspn(h, ":/");
-        p = hend;
-    }
-    if (hend == h || (size_t)(hend - h) >= sizeof(s->host))
-        return false;
-    memcpy(s->host, h, (size_t)(hend - h));
-    if (*p == ':') {
-        const char *e = p + 1 + strcspn(p + 1, "/");
-        if (!parse_int(p + 1, e, 1, 65535, &s->port))
-            return false;
-        p = e;
-    }
-    if (*p == '/') {
-        if (p[1] != '\0' && !parse_int(p + 1, p + strlen(p), 0, 1 << 20, &s->db))
-            return false;
-        p += strlen(p);
-    }
-    return *p == '\0';
-}
-
 ap_status ap__cache_redis_open(const char *target, const ap_cache_opts *opts,
                                struct ap__store **out, ap_error *err)
 {
@@ -917,20 +813,20 @@ ap_status ap__cache_redis_open(const char *target, const ap_cache_opts *opts,
         return ap_error_set(err, AP_ENOMEM, "cache: out of memory");
     s->super.ops = &redis_ops;
     s->super.opts = *opts;
-    if (!parse_target(s, target)) {
+    if (!ap__redis_target_parse(target, &s->tgt)) {
         free(s);
         return ap_error_set(err, AP_EINVAL,
                             "cache: redis url \"%s\" is not redis://[[user]:pass@]host[:port][/db]",
                             opts->url);
     }
     s->super.opts.url = NULL;
-    snprintf(s->what, sizeof(s->what), "redis %s:%d", s->host, s->port);
+    snprintf(s->what, sizeof(s->what), "redis %s:%d", s->tgt.host, s->tgt.port);
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->cv, NULL);
     s->health.up = true;
     s->last_attempt_ms = ap__now_ms();
     /* Down at start is a state like any other: log it and let the thread keep trying. */
-    s->rc = dial(s, why, sizeof(why));
+    s->rc = ap__redis_dial(&s->tgt, s->super.opts.timeout_ms, why, sizeof(why));
     if (s->rc == NULL)
         ap__cache_health_down(&s->health, &s->super.opts, s->what, why);
     if (pthread_create(&s->thr, NULL, reconnect_main, s) != 0) {

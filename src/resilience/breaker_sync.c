@@ -51,6 +51,7 @@
 
 #include "aperture/resilience.h"
 #include "core/core.h"
+#include "net/redis_conn.h"
 
 #define QUEUE_CAP      256
 #define RECONNECT_MS   500
@@ -77,9 +78,7 @@ struct msg {
 
 struct ap_breaker_sync {
     ap_breaker_set *set; /* borrowed: outlives the sync */
-    char host[256];
-    int port, db;
-    char user[128], pass[256];
+    struct ap__redis_target tgt;
     char instance[INSTANCE_MAX + 1];
     char channel[PREFIX_MAX + 4]; /* <prefix>:ch */
     char hash[PREFIX_MAX + 6];    /* <prefix>:open */
@@ -346,40 +345,6 @@ static bool flush(struct ap_breaker_sync *s)
 
 /* ---- connections ----------------------------------------------------------------------------- */
 
-/* Connect, authenticate, select; NULL on any failure. */
-static redisContext *dial(const struct ap_breaker_sync *s)
-{
-    struct timeval tv = {.tv_sec = IO_TIMEOUT_MS / 1000, .tv_usec = (IO_TIMEOUT_MS % 1000) * 1000};
-    redisContext *c = redisConnectWithTimeout(s->host, s->port, tv);
-    redisReply *r = NULL;
-    char db[16];
-
-    if (c == NULL || c->err || redisSetTimeout(c, tv) != REDIS_OK)
-        goto fail;
-    (void)redisEnableKeepAlive(c);
-    if (s->pass[0] != '\0') {
-        bool user = s->user[0] != '\0';
-        const char *argv[3] = {"AUTH", user ? s->user : s->pass, s->pass};
-        r = redisCommandArgv(c, 2 + user, argv, NULL);
-        if (r == NULL || r->type == REDIS_REPLY_ERROR)
-            goto fail;
-        freeReplyObject(r);
-    }
-    snprintf(db, sizeof(db), "%d", s->db);
-    r = s->db ? redisCommandArgv(c, 2, (const char *[]){"SELECT", db}, NULL)
-              : redisCommandArgv(c, 1, (const char *[]){"PING"}, NULL);
-    if (r == NULL || r->type == REDIS_REPLY_ERROR)
-        goto fail;
-    freeReplyObject(r);
-    return c;
-fail:
-    if (r != NULL)
-        freeReplyObject(r);
-    if (c != NULL)
-        redisFree(c);
-    return NULL;
-}
-
 static void hang_up(struct ap_breaker_sync *s)
 {
     if (s->cmd != NULL)
@@ -418,8 +383,8 @@ static bool connect_all(struct ap_breaker_sync *s)
     bool subscribed;
 
     s->last_dial_ms = mono_ms();
-    s->cmd = dial(s);
-    s->sub = s->cmd ? dial(s) : NULL;
+    s->cmd = ap__redis_dial(&s->tgt, IO_TIMEOUT_MS, NULL, 0);
+    s->sub = s->cmd ? ap__redis_dial(&s->tgt, IO_TIMEOUT_MS, NULL, 0) : NULL;
     if (s->sub == NULL)
         goto fail;
     r = redisCommandArgv(s->sub, 2, (const char *[]){"SUBSCRIBE", s->channel}, NULL);
@@ -478,66 +443,12 @@ static void *run(void *arg)
 
 /* ---- the verbs ------------------------------------------------------------------------------- */
 
-/* A decimal in [lo, hi] from p..end. */
-static bool parse_num(const char *p, const char *end, long lo, long hi, int *out)
-{
-    long v = 0;
-    if (p == end)
-        return false;
-    for (; p < end; p++) {
-        if (*p < '0' || *p > '9' || v > hi)
-            return false;
-        v = v * 10 + (*p - '0');
-    }
-    if (v < lo || v > hi)
-        return false;
-    *out = (int)v;
-    return true;
-}
-
 /* "redis://[[user]:pass@]host[:port][/db]", host possibly "[v6]" (the cache's syntax). */
 static bool parse_url(struct ap_breaker_sync *s, const char *url)
 {
     static const char scheme[] = "redis://";
-    if (strncmp(url, scheme, sizeof(scheme) - 1) != 0)
-        return false;
-    const char *t = url + sizeof(scheme) - 1;
-    const char *at = strrchr(t, '@'), *h = at ? at + 1 : t, *hend, *p;
-
-    s->port = 6379;
-    if (at != NULL) {
-        const char *colon = memchr(t, ':', (size_t)(at - t));
-        if (colon == NULL || (size_t)(colon - t) >= sizeof(s->user) ||
-            (size_t)(at - colon - 1) >= sizeof(s->pass))
-            return false;
-        memcpy(s->user, t, (size_t)(colon - t));
-        memcpy(s->pass, colon + 1, (size_t)(at - colon - 1));
-    }
-    if (*h == '[') {
-        hend = strchr(h, ']');
-        if (hend == NULL)
-            return false;
-        h++;
-        p = hend + 1;
-    } else {
-        hend = h + strcspn(h, ":/");
-        p = hend;
-    }
-    if (hend == h || (size_t)(hend - h) >= sizeof(s->host))
-        return false;
-    memcpy(s->host, h, (size_t)(hend - h));
-    if (*p == ':') {
-        const char *e = p + 1 + strcspn(p + 1, "/");
-        if (!parse_num(p + 1, e, 1, 65535, &s->port))
-            return false;
-        p = e;
-    }
-    if (*p == '/') {
-        if (p[1] != '\0' && !parse_num(p + 1, p + strlen(p), 0, 1 << 20, &s->db))
-            return false;
-        p += strlen(p);
-    }
-    return *p == '\0';
+    return strncmp(url, scheme, sizeof(scheme) - 1) == 0 &&
+           ap__redis_target_parse(url + sizeof(scheme) - 1, &s->tgt);
 }
 
 /* 16 random hex digits; the pid and the clocks if the PRNG fails (unique enough per host). */

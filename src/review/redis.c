@@ -42,6 +42,7 @@
 
 #include "core/core.h"
 #include "review/review_int.h"
+#include "net/redis_conn.h"
 
 #define TIMEOUT_MS   200
 #define RECONNECT_MS 200
@@ -106,8 +107,7 @@ struct redis_store {
     pthread_mutex_t mu;
     redisContext *rc; /* NULL while down */
     double last_dial_ms;
-    char host[256];
-    int port, db;
+    struct ap__redis_target tgt;
     char what[300]; /* "redis 127.0.0.1:6379", for messages */
 };
 
@@ -117,39 +117,6 @@ static size_t item_key(char *out, const char *id)
 }
 
 /* ---- the connection */
-
-/* Connect, select, ping; NULL with why filled on failure. */
-static redisContext *dial(const struct redis_store *s, char *why, size_t why_cap)
-{
-    struct timeval tv = {.tv_sec = TIMEOUT_MS / 1000, .tv_usec = (TIMEOUT_MS % 1000) * 1000};
-    redisContext *c = redisConnectWithTimeout(s->host, s->port, tv);
-    redisReply *r = NULL;
-    char db[16];
-
-    if (c == NULL) {
-        snprintf(why, why_cap, "out of memory");
-        return NULL;
-    }
-    if (c->err || redisSetTimeout(c, tv) != REDIS_OK)
-        goto fail;
-    (void)redisEnableKeepAlive(c);
-    snprintf(db, sizeof(db), "%d", s->db);
-    r = s->db ? redisCommandArgv(c, 2, (const char *[]){"SELECT", db}, NULL)
-              : redisCommandArgv(c, 1, (const char *[]){"PING"}, NULL);
-    if (r == NULL || r->type == REDIS_REPLY_ERROR)
-        goto fail;
-    freeReplyObject(r);
-    return c;
-fail:
-    snprintf(why, why_cap, "%s",
-             r && r->type == REDIS_REPLY_ERROR ? r->str
-             : c->err                          ? c->errstr
-                                               : "handshake failed");
-    if (r != NULL)
-        freeReplyObject(r);
-    redisFree(c);
-    return NULL;
-}
 
 /* The connection broke: drop it (the next call dials again). Lock held. */
 static ap_status lost(struct redis_store *s, ap_error *err)
@@ -175,7 +142,7 @@ static ap_status enter(struct redis_store *s, ap_error *err)
         return ap_error_set(err, AP_ENETWORK, "review: %s is unreachable", s->what);
     }
     s->last_dial_ms = now;
-    s->rc = dial(s, why, sizeof(why));
+    s->rc = ap__redis_dial(&s->tgt, TIMEOUT_MS, why, sizeof(why));
     if (s->rc != NULL)
         return AP_OK;
     pthread_mutex_unlock(&s->mu);
@@ -655,56 +622,6 @@ static const struct ap__review_ops redis_ops = {
     .free = rd_free,
 };
 
-/* Parse a decimal in [lo, hi] from p..end. */
-static bool parse_int(const char *p, const char *end, long lo, long hi, int *out)
-{
-    long v = 0;
-    if (p == end)
-        return false;
-    for (; p < end; p++) {
-        if (*p < '0' || *p > '9' || v > hi)
-            return false;
-        v = v * 10 + (*p - '0');
-    }
-    if (v < lo || v > hi)
-        return false;
-    *out = (int)v;
-    return true;
-}
-
-/* "host[:port][/db]", host possibly "[v6]". */
-static bool parse_target(struct redis_store *s, const char *t)
-{
-    const char *h = t, *hend, *p;
-
-    s->port = 6379;
-    if (*h == '[') {
-        hend = strchr(h, ']');
-        if (hend == NULL)
-            return false;
-        h++;
-        p = hend + 1;
-    } else {
-        hend = h + strcspn(h, ":/@");
-        p = hend;
-    }
-    if (hend == h || (size_t)(hend - h) >= sizeof(s->host))
-        return false;
-    memcpy(s->host, h, (size_t)(hend - h));
-    if (*p == ':') {
-        const char *e = p + 1 + strcspn(p + 1, "/");
-        if (!parse_int(p + 1, e, 1, 65535, &s->port))
-            return false;
-        p = e;
-    }
-    if (*p == '/') {
-        if (p[1] != '\0' && !parse_int(p + 1, p + strlen(p), 0, 1 << 20, &s->db))
-            return false;
-        p += strlen(p);
-    }
-    return *p == '\0';
-}
-
 ap_status ap__review_redis_open(const char *target, const char *url,
                                 struct ap__review_backend **out, ap_error *err)
 {
@@ -714,16 +631,16 @@ ap_status ap__review_redis_open(const char *target, const char *url,
     if (s == NULL)
         return ap_error_set(err, AP_ENOMEM, "review: out of memory");
     s->super.ops = &redis_ops;
-    if (!parse_target(s, target)) {
+    if (!ap__redis_target_parse(target, &s->tgt)) {
         free(s);
         return ap_error_set(err, AP_EINVAL,
                             "review: redis url \"%s\" is not redis://host:port[/db]", url);
     }
-    snprintf(s->what, sizeof(s->what), "redis %s:%d", s->host, s->port);
+    snprintf(s->what, sizeof(s->what), "redis %s:%d", s->tgt.host, s->tgt.port);
     pthread_mutex_init(&s->mu, NULL);
     /* Down at open is a state like any other: calls fail until a dial succeeds. */
     s->last_dial_ms = ap__now_ms();
-    s->rc = dial(s, why, sizeof(why));
+    s->rc = ap__redis_dial(&s->tgt, TIMEOUT_MS, why, sizeof(why));
     *out = &s->super;
     return AP_OK;
 }
