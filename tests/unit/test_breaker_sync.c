@@ -26,7 +26,6 @@
 #include <cmocka.h>
 
 #include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
 #include <signal.h>
 #include <stdio.h>
@@ -35,14 +34,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
-
 #include <hiredis/hiredis.h>
 
 #include "aperture/resilience.h"
+#include "redis_testutil.h"
 
 #define WAIT_MS  8000 /* for the sync thread to act; it usually takes a few ms */
 #define COOLDOWN 60000
@@ -282,108 +277,28 @@ static void test_breaker_sync__force_ignores_half_open_and_bad_names(void **stat
 
 /* ---- redis-server processes ------------------------------------------------------------------ */
 
-struct server {
-    pid_t pid;
-    int port;
-};
-
 static struct {
     bool absent;
-    char bin[256];
-    struct server main;  /* shared by the cases that do not stop it */
-    struct server extra; /* a case's own, to stop and start; killed by its teardown */
+    struct ap_test_redis main;  /* shared by the cases that do not stop it */
+    struct ap_test_redis extra; /* a case's own, to stop and start; killed by its teardown */
 } redis;
-
-static int free_port(void)
-{
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t alen = sizeof(a);
-    int fd = socket(AF_INET, SOCK_STREAM, 0), port = -1;
-    if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0 &&
-        getsockname(fd, (struct sockaddr *)&a, &alen) == 0)
-        port = ntohs(a.sin_port);
-    if (fd >= 0)
-        close(fd);
-    return port;
-}
-
-static bool port_open(int port)
-{
-    struct sockaddr_in a = {.sin_family = AF_INET,
-                            .sin_port = htons((uint16_t)port),
-                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    bool ok = fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof(a)) == 0;
-    if (fd >= 0)
-        close(fd);
-    return ok;
-}
-
-static bool find_redis(void)
-{
-    static const char *const dirs[] = {"/usr/bin", "/usr/local/bin", "/usr/sbin",
-                                       "/opt/homebrew/bin"};
-    for (size_t i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++) {
-        snprintf(redis.bin, sizeof(redis.bin), "%s/redis-server", dirs[i]);
-        if (access(redis.bin, X_OK) == 0)
-            return true;
-    }
-    return false;
-}
-
-/* Start redis-server on sv->port; wait until it accepts connections. */
-static bool server_start(struct server *sv)
-{
-    char port[16];
-    snprintf(port, sizeof(port), "%d", sv->port);
-    sv->pid = fork();
-    if (sv->pid < 0)
-        return false;
-    if (sv->pid == 0) {
-        int devnull = open("/dev/null", O_WRONLY);
-        if (devnull >= 0) {
-            dup2(devnull, STDOUT_FILENO);
-            dup2(devnull, STDERR_FILENO);
-        }
-        execl(redis.bin, redis.bin, "--port", port, "--bind", "127.0.0.1", "--save", "",
-              "--appendonly", "no", "--daemonize", "no", "--protected-mode", "no", (char *)NULL);
-        _exit(127);
-    }
-    for (int i = 0; i < 500; i++) { /* 5 s */
-        if (port_open(sv->port))
-            return true;
-        if (waitpid(sv->pid, NULL, WNOHANG) == sv->pid) {
-            sv->pid = 0;
-            return false;
-        }
-        sleep_ms(10);
-    }
-    return false;
-}
-
-static void server_kill(struct server *sv)
-{
-    if (sv->pid > 0) {
-        kill(sv->pid, SIGKILL);
-        waitpid(sv->pid, NULL, 0);
-        sv->pid = 0;
-    }
-}
 
 static int redis_group_setup(void **state)
 {
     (void)state;
     /* The raw connections below write to sockets a killed server closed. */
     signal(SIGPIPE, SIG_IGN);
-    if (!find_redis()) {
+    if (!ap_test_redis_find(&redis.main)) {
         redis.absent = true;
         print_message("redis-server not found: skipping the redis cases\n");
         return 0;
     }
-    redis.main.port = free_port();
-    if (redis.main.port <= 0 || !server_start(&redis.main)) {
-        server_kill(&redis.main);
-        print_error("could not start %s on port %d\n", redis.bin, redis.main.port);
+    /* extra runs the same executable; its port is picked by each case */
+    memcpy(redis.extra.bin, redis.main.bin, sizeof(redis.extra.bin));
+    redis.main.port = ap_test_free_port();
+    if (redis.main.port <= 0 || !ap_test_redis_start(&redis.main)) {
+        ap_test_redis_kill(&redis.main);
+        print_error("could not start %s on port %d\n", redis.main.bin, redis.main.port);
         return -1;
     }
     return 0;
@@ -392,7 +307,7 @@ static int redis_group_setup(void **state)
 static int redis_group_teardown(void **state)
 {
     (void)state;
-    server_kill(&redis.main);
+    ap_test_redis_kill(&redis.main);
     return 0;
 }
 
@@ -400,7 +315,7 @@ static int redis_group_teardown(void **state)
 static int kill_extra(void **state)
 {
     (void)state;
-    server_kill(&redis.extra);
+    ap_test_redis_kill(&redis.extra);
     return 0;
 }
 
@@ -598,8 +513,8 @@ static void test_breaker_sync__redis_down_then_up_then_restarted(void **state)
 {
     (void)state;
     need_redis();
-    struct server *sv = &redis.extra;
-    sv->port = free_port();
+    struct ap_test_redis *sv = &redis.extra;
+    sv->port = ap_test_free_port();
     assert_true(sv->port > 0);
     const char *prefix = prefix_for("down");
     struct node *a = node_new(sv->port, prefix, "a");
@@ -611,12 +526,12 @@ static void test_breaker_sync__redis_down_then_up_then_restarted(void **state)
     trip(a, DEP);
     assert_int_equal(ap_breaker_state_get(b->set, DEP), AP_BREAKER_CLOSED);
 
-    assert_true(server_start(sv));
+    assert_true(ap_test_redis_start(sv));
     EVENTUALLY(ap_breaker_sync_connected(a->sync) && ap_breaker_sync_connected(b->sync));
     EVENTUALLY(is_state(b, DEP, AP_BREAKER_OPEN));
 
     /* Killed: both notice; A opens another while it is down. */
-    server_kill(sv);
+    ap_test_redis_kill(sv);
     EVENTUALLY(!ap_breaker_sync_connected(a->sync) && !ap_breaker_sync_connected(b->sync));
     trip(a, "second");
     sleep_ms(100);
@@ -624,22 +539,22 @@ static void test_breaker_sync__redis_down_then_up_then_restarted(void **state)
 
     /* Back (empty: no persistence): reconnected; the queued opening reaches B (as a message
      * or through the hash, whichever of the two reconnects first), and live ones flow again. */
-    assert_true(server_start(sv));
+    assert_true(ap_test_redis_start(sv));
     EVENTUALLY(ap_breaker_sync_connected(a->sync) && ap_breaker_sync_connected(b->sync));
     EVENTUALLY(is_state(b, "second", AP_BREAKER_OPEN));
     heal(a, DEP);
     EVENTUALLY(is_state(b, DEP, AP_BREAKER_CLOSED));
     node_free(a);
     node_free(b);
-    server_kill(sv);
+    ap_test_redis_kill(sv);
 }
 
 static void test_breaker_sync__queue_keeps_newest(void **state)
 {
     (void)state;
     need_redis();
-    struct server *sv = &redis.extra;
-    sv->port = free_port();
+    struct ap_test_redis *sv = &redis.extra;
+    sv->port = ap_test_free_port();
     assert_true(sv->port > 0);
     const char *prefix = prefix_for("queue");
     char hash[160], dep[32];
@@ -659,7 +574,7 @@ static void test_breaker_sync__queue_keeps_newest(void **state)
     ap_breaker_sync_publish(a->sync, "", AP_BREAKER_OPEN, until);
     ap_breaker_sync_publish(a->sync, NULL, AP_BREAKER_OPEN, until);
 
-    assert_true(server_start(sv));
+    assert_true(ap_test_redis_start(sv));
     redisContext *raw = raw_connect(sv->port);
     /* 256 kept ("over" took one slot of the ring and is skipped when sent). */
     EVENTUALLY(hlen(raw, hash) == 255);
@@ -671,7 +586,7 @@ static void test_breaker_sync__queue_keeps_newest(void **state)
     assert_int_equal(hexists(raw, hash, "half"), 0);
     redisFree(raw);
     node_free(a);
-    server_kill(sv);
+    ap_test_redis_kill(sv);
 }
 
 static void publish_raw(redisContext *c, const char *channel, const char *p, size_t len)
@@ -819,7 +734,7 @@ static void test_breaker_sync__stop_is_prompt(void **state)
     char url[64];
 
     /* Nothing listening (connection refused), with transitions queued: no hang. */
-    snprintf(url, sizeof(url), "redis://127.0.0.1:%d", free_port());
+    snprintf(url, sizeof(url), "redis://127.0.0.1:%d", ap_test_free_port());
     assert_int_equal(ap_breaker_sync_start(s, url, NULL, NULL, &sync, NULL), AP_OK);
     assert_false(ap_breaker_sync_connected(sync));
     ap_breaker_sync_publish(sync, DEP, AP_BREAKER_OPEN, unix_ms() + COOLDOWN);

@@ -21,24 +21,19 @@
 #include <cmocka.h>
 
 #include <errno.h>
-#include <fcntl.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 
 #include "aperture/cache.h"
 #include "aperture/hash.h"
 #include "aperture/prep.h"
+#include "redis_testutil.h"
 #include "cache/mih.h"
 
 #define NEAR_IMAGE AP_CORPUS "/phash/near-duplicates/iphone6__original.jpg"
@@ -469,100 +464,20 @@ static void test_cache__dedup_matches_brute_force(void **state)
 
 /* ---- a real redis-server for the redis suite */
 
-static struct {
-    pid_t pid;
-    int port;
-    bool absent;
-    char bin[256];
-} redis;
-
-static int free_port(void)
-{
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t alen = sizeof(a);
-    int fd = socket(AF_INET, SOCK_STREAM, 0), port = -1;
-    if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0 &&
-        getsockname(fd, (struct sockaddr *)&a, &alen) == 0)
-        port = ntohs(a.sin_port);
-    if (fd >= 0)
-        close(fd);
-    return port;
-}
-
-static bool port_open(int port)
-{
-    struct sockaddr_in a = {.sin_family = AF_INET,
-                            .sin_port = htons((uint16_t)port),
-                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    bool ok = fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof(a)) == 0;
-    if (fd >= 0)
-        close(fd);
-    return ok;
-}
-
-static bool find_redis(void)
-{
-    static const char *const dirs[] = {"/usr/bin", "/usr/local/bin", "/usr/sbin",
-                                       "/opt/homebrew/bin"};
-    for (size_t i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++) {
-        snprintf(redis.bin, sizeof(redis.bin), "%s/redis-server", dirs[i]);
-        if (access(redis.bin, X_OK) == 0)
-            return true;
-    }
-    return false;
-}
-
-/* Start redis-server on redis.port; wait until it accepts connections. */
-static bool redis_start(void)
-{
-    char port[16];
-    snprintf(port, sizeof(port), "%d", redis.port);
-    redis.pid = fork();
-    if (redis.pid < 0)
-        return false;
-    if (redis.pid == 0) {
-        int devnull = open("/dev/null", O_WRONLY);
-        if (devnull >= 0) {
-            dup2(devnull, STDOUT_FILENO);
-            dup2(devnull, STDERR_FILENO);
-        }
-        execl(redis.bin, redis.bin, "--port", port, "--bind", "127.0.0.1", "--save", "",
-              "--appendonly", "no", "--daemonize", "no", "--protected-mode", "no", (char *)NULL);
-        _exit(127);
-    }
-    for (int i = 0; i < 500; i++) { /* 5 s */
-        if (port_open(redis.port))
-            return true;
-        if (waitpid(redis.pid, NULL, WNOHANG) == redis.pid) {
-            redis.pid = 0;
-            return false;
-        }
-        sleep_ms(10);
-    }
-    return false;
-}
-
-static void redis_kill(void)
-{
-    if (redis.pid > 0) {
-        kill(redis.pid, SIGKILL);
-        waitpid(redis.pid, NULL, 0);
-        redis.pid = 0;
-    }
-}
+static struct ap_test_redis redis;
+static bool redis_absent; /* redis-server not installed: the redis cases skip */
 
 static int redis_group_setup(void **state)
 {
     (void)state;
-    if (!find_redis()) {
-        redis.absent = true;
+    if (!ap_test_redis_find(&redis)) {
+        redis_absent = true;
         print_message("redis-server not found: skipping the redis cases\n");
         return 0;
     }
-    redis.port = free_port();
-    if (redis.port <= 0 || !redis_start()) {
-        redis_kill();
+    redis.port = ap_test_free_port();
+    if (redis.port <= 0 || !ap_test_redis_start(&redis)) {
+        ap_test_redis_kill(&redis);
         print_error("could not start %s on port %d\n", redis.bin, redis.port);
         return -1;
     }
@@ -572,7 +487,7 @@ static int redis_group_setup(void **state)
 static int redis_group_teardown(void **state)
 {
     (void)state;
-    redis_kill();
+    ap_test_redis_kill(&redis);
     return 0;
 }
 
@@ -630,7 +545,7 @@ static int fx_setup(void **state)
         assert_non_null(mkdtemp(fx->dir));
         snprintf(fx->url, sizeof(fx->url), "sqlite://%s/cache.db", fx->dir);
     } else {
-        if (redis.absent) {
+        if (redis_absent) {
             *state = fx; /* the case skips */
             return 0;
         }
@@ -1085,7 +1000,7 @@ static void test_cache__redis_outage(void **state)
     double t0;
 
     put(fx->c, &k, "describe", "before", 60);
-    redis_kill();
+    ap_test_redis_kill(&redis);
 
     t0 = now_ms();
     assert_int_equal(ap_cache_get(fx->c, &k, "describe", 6, true, &hit, &err), AP_ENETWORK);
@@ -1108,7 +1023,7 @@ static void test_cache__redis_outage(void **state)
     assert_true(fx->log_down <= 20); /* throttled: not one line per failed call */
     pthread_mutex_unlock(&fx->log_mu);
 
-    assert_true(redis_start());
+    assert_true(ap_test_redis_start(&redis));
     t0 = now_ms();
     ap_status rc;
     do {
@@ -1137,7 +1052,7 @@ static void test_cache__redis_down_at_open(void **state)
     (void)fx;
 
     pthread_mutex_init(&dead.log_mu, NULL);
-    snprintf(dead.url, sizeof(dead.url), "redis://127.0.0.1:%d", free_port());
+    snprintf(dead.url, sizeof(dead.url), "redis://127.0.0.1:%d", ap_test_free_port());
     ap_cache *c = open_cache(&dead);
     assert_int_equal(dead.log_down, 1);
     double t0 = now_ms();

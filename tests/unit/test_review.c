@@ -22,7 +22,6 @@
 #include <cmocka.h>
 
 #include <errno.h>
-#include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
 #include <signal.h>
@@ -32,16 +31,13 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 
 #include <hiredis/hiredis.h>
 
 #include "aperture/cache.h"
 #include "aperture/review.h"
+#include "redis_testutil.h"
 
 #define REDIS_DB 3 /* not 0: the /db part of the URL is exercised */
 
@@ -162,88 +158,8 @@ static void free_list(ap_review_item *v, size_t n)
 
 /* ---- a real redis-server for the redis suite */
 
-static struct {
-    pid_t pid;
-    int port;
-    bool absent;
-    char bin[256];
-} redis;
-
-static int free_port(void)
-{
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t alen = sizeof(a);
-    int fd = socket(AF_INET, SOCK_STREAM, 0), port = -1;
-    if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0 &&
-        getsockname(fd, (struct sockaddr *)&a, &alen) == 0)
-        port = ntohs(a.sin_port);
-    if (fd >= 0)
-        close(fd);
-    return port;
-}
-
-static bool port_open(int port)
-{
-    struct sockaddr_in a = {.sin_family = AF_INET,
-                            .sin_port = htons((uint16_t)port),
-                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    bool ok = fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof(a)) == 0;
-    if (fd >= 0)
-        close(fd);
-    return ok;
-}
-
-static bool find_redis(void)
-{
-    static const char *const dirs[] = {"/usr/bin", "/usr/local/bin", "/usr/sbin",
-                                       "/opt/homebrew/bin"};
-    for (size_t i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++) {
-        snprintf(redis.bin, sizeof(redis.bin), "%s/redis-server", dirs[i]);
-        if (access(redis.bin, X_OK) == 0)
-            return true;
-    }
-    return false;
-}
-
-/* Start redis-server on redis.port; wait until it accepts connections. */
-static bool redis_start(void)
-{
-    char port[16];
-    snprintf(port, sizeof(port), "%d", redis.port);
-    redis.pid = fork();
-    if (redis.pid < 0)
-        return false;
-    if (redis.pid == 0) {
-        int devnull = open("/dev/null", O_WRONLY);
-        if (devnull >= 0) {
-            dup2(devnull, STDOUT_FILENO);
-            dup2(devnull, STDERR_FILENO);
-        }
-        execl(redis.bin, redis.bin, "--port", port, "--bind", "127.0.0.1", "--save", "",
-              "--appendonly", "no", "--daemonize", "no", "--protected-mode", "no", (char *)NULL);
-        _exit(127);
-    }
-    for (int i = 0; i < 500; i++) { /* 5 s */
-        if (port_open(redis.port))
-            return true;
-        if (waitpid(redis.pid, NULL, WNOHANG) == redis.pid) {
-            redis.pid = 0;
-            return false;
-        }
-        sleep_ms(10);
-    }
-    return false;
-}
-
-static void redis_kill(void)
-{
-    if (redis.pid > 0) {
-        kill(redis.pid, SIGKILL);
-        waitpid(redis.pid, NULL, 0);
-        redis.pid = 0;
-    }
-}
+static struct ap_test_redis redis;
+static bool redis_absent; /* redis-server not installed: the redis cases skip */
 
 /* Empty the test database, straight through hiredis (the API has no "delete everything"). */
 static void redis_flush(void)
@@ -264,14 +180,14 @@ static void redis_flush(void)
 static int redis_group_setup(void **state)
 {
     (void)state;
-    if (!find_redis()) {
-        redis.absent = true;
+    if (!ap_test_redis_find(&redis)) {
+        redis_absent = true;
         print_message("redis-server not found: skipping the redis cases\n");
         return 0;
     }
-    redis.port = free_port();
-    if (redis.port <= 0 || !redis_start()) {
-        redis_kill();
+    redis.port = ap_test_free_port();
+    if (redis.port <= 0 || !ap_test_redis_start(&redis)) {
+        ap_test_redis_kill(&redis);
         print_error("could not start %s on port %d\n", redis.bin, redis.port);
         return -1;
     }
@@ -281,7 +197,7 @@ static int redis_group_setup(void **state)
 static int redis_group_teardown(void **state)
 {
     (void)state;
-    redis_kill();
+    ap_test_redis_kill(&redis);
     return 0;
 }
 
@@ -330,7 +246,7 @@ static int fx_setup(void **state)
         /* "sqlite://" + "/tmp/...": the absolute form, sqlite:///tmp/... */
         snprintf(fx->url, sizeof(fx->url), "sqlite://%s/review.db", fx->dir);
     } else {
-        if (redis.absent || redis.pid <= 0)
+        if (redis_absent || redis.pid <= 0)
             return 0; /* the case skips */
         redis_flush();
         snprintf(fx->url, sizeof(fx->url), "redis://127.0.0.1:%d/%d", redis.port, REDIS_DB);
@@ -866,7 +782,7 @@ static void test_review__redis_outage(void **state)
     size_t n;
 
     add_n(fx->s, 1, id);
-    redis_kill();
+    ap_test_redis_kill(&redis);
 
     double t0 = now_ms();
     assert_int_equal(ap_review_get(fx->s, id, false, &it, &err), AP_ENETWORK);
@@ -883,7 +799,7 @@ static void test_review__redis_outage(void **state)
     }
     assert_true(now_ms() - t0 < 1000); /* 80 calls: no waiting on a dead server */
 
-    assert_true(redis_start());
+    assert_true(ap_test_redis_start(&redis));
     t0 = now_ms();
     ap_status rc;
     do {
@@ -909,7 +825,7 @@ static void test_review__redis_down_at_open(void **state)
     size_t n;
     (void)fx;
 
-    snprintf(url, sizeof(url), "redis://127.0.0.1:%d", free_port());
+    snprintf(url, sizeof(url), "redis://127.0.0.1:%d", ap_test_free_port());
     ap_review_store *s = open_store(url);
     assert_string_equal(ap_review_backend(s), "redis");
     double t0 = now_ms();
@@ -1055,7 +971,7 @@ static void test_review__too_large(void **state)
     assert_non_null(huge);
     memset(huge, 'x', big);
     huge[big] = '\0';
-    snprintf(url, sizeof(url), "redis://127.0.0.1:%d", free_port());
+    snprintf(url, sizeof(url), "redis://127.0.0.1:%d", ap_test_free_port());
     ap_review_store *s = open_store(url);
     ap_review_item it = item_of(NULL, "m", NULL, "r", huge, NULL);
     assert_int_equal(ap_review_add(s, &it, id, NULL), AP_ETOOLARGE);
