@@ -275,10 +275,7 @@ static uint64_t mix64(uint64_t x)
 
 uint64_t ap__cache_shape_tag(const char *task, const uint8_t shape[32])
 {
-    uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a over the task name */
-    for (const unsigned char *p = (const unsigned char *)task; *p; p++)
-        h = (h ^ *p) * 0x100000001b3ull;
-    return mix64(h ^ ap__cache_get_be64(shape));
+    return mix64(ap__fnv1a(task, strlen(task)) ^ ap__cache_get_be64(shape));
 }
 
 uint64_t ap__cache_content_tag(const char *task, const uint8_t shape[32], const uint8_t content[32])

@@ -19,7 +19,7 @@
 #endif
 /* Defensive checks that also run in release builds: if (AP_NEVER(p == NULL)) return ...; */
 #define AP_ALWAYS(x) (__builtin_expect(!!(x), 1))
-#define AP_NEVER(x) (__builtin_expect(!!(x), 0))
+#define AP_NEVER(x)  (__builtin_expect(!!(x), 0))
 
 #define AP_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define AP_MAX(a, b) ((a) > (b) ? (a) : (b))
@@ -27,6 +27,18 @@
 /* Small fixed-size allocations: abort on failure (input-sized ones must use checked paths). */
 void *ap__xmalloc(size_t n);
 void *ap__xcalloc(size_t n, size_t m);
+
+/* FNV-1a, 64-bit: the hash of the small name tables (breakers, limiter keys, cache tasks). */
+static inline uint64_t ap__fnv1a(const void *p, size_t len)
+{
+    const unsigned char *s = p;
+    uint64_t h = UINT64_C(0xcbf29ce484222325);
+    for (size_t i = 0; i < len; i++) {
+        h ^= s[i];
+        h *= UINT64_C(0x100000001b3);
+    }
+    return h;
+}
 
 static inline double ap__now_ms(void)
 {

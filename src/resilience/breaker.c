@@ -133,16 +133,6 @@ void ap_breaker_set_free(ap_breaker_set *s)
 
 /* ---- the table (called with the lock held) --------------------------------------------------- */
 
-static uint64_t fnv1a(const char *s, size_t len)
-{
-    uint64_t h = UINT64_C(0xcbf29ce484222325);
-    for (size_t i = 0; i < len; i++) {
-        h ^= (unsigned char)s[i];
-        h *= UINT64_C(0x100000001b3);
-    }
-    return h;
-}
-
 static void grow(ap_breaker_set *s)
 {
     size_t cap = s->cap * 2;
@@ -172,7 +162,7 @@ static struct brk *lookup(ap_breaker_set *s, const char *name, bool create)
     size_t len = strnlen(name, AP_BREAKER_MAX_NAME + 1);
     if (len > AP_BREAKER_MAX_NAME)
         return NULL;
-    uint64_t h = fnv1a(name, len);
+    uint64_t h = ap__fnv1a(name, len);
     size_t i = (size_t)h & (s->cap - 1);
     for (; s->slot[i] != NULL; i = (i + 1) & (s->cap - 1)) {
         struct brk *b = s->slot[i];

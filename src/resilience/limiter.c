@@ -205,16 +205,6 @@ static void take(struct lkey *k, double tokens)
 
 /* ---- the table (lock held) ------------------------------------------------------------------- */
 
-static uint64_t fnv1a(const char *s, size_t len)
-{
-    uint64_t h = UINT64_C(0xcbf29ce484222325);
-    for (size_t i = 0; i < len; i++) {
-        h ^= (unsigned char)s[i];
-        h *= UINT64_C(0x100000001b3);
-    }
-    return h;
-}
-
 static void grow(ap_limiter *lim)
 {
     size_t cap = lim->cap * 2;
@@ -242,7 +232,7 @@ static struct lkey *lookup(ap_limiter *lim, const char *key, bool create, double
     size_t len = strnlen(key, AP__LIMITER_MAX_KEY_LEN + 1);
     if (len > AP__LIMITER_MAX_KEY_LEN)
         return NULL;
-    uint64_t h = fnv1a(key, len);
+    uint64_t h = ap__fnv1a(key, len);
     size_t i = (size_t)h & (lim->cap - 1);
     for (; lim->slot[i] != NULL; i = (i + 1) & (lim->cap - 1)) {
         struct lkey *k = lim->slot[i];
