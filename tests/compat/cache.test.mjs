@@ -15,13 +15,12 @@
 
 import { describe, test, before, after, beforeEach, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
-import { createServer, connect } from 'node:net';
+import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import OpenAI from 'openai';
-import { startFake, startGateway, corpusFile, dataUrl, post } from './harness.mjs';
+import { startFake, startGateway, corpusFile, dataUrl, post, NO_REDIS, freePort, startRedis, killChild } from './harness.mjs';
 import { cannedAnswer, generatePng } from '../fakes/fake_upstream.mjs';
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -112,69 +111,6 @@ function makeInvoices() {
 }
 const invoices = makeInvoices();
 const NO_INVOICES = typeof invoices === 'string' ? `skipped: ${invoices}` : false;
-
-// ---- redis ----------------------------------------------------------------------------------------
-
-// REDIS_SERVER: the redis-server binary to use (empty: skip the Redis cases); default: found on PATH.
-const REDIS_BIN = process.env.REDIS_SERVER ?? (spawnSync('sh', ['-c', 'command -v redis-server'], { encoding: 'utf8' }).stdout || '').trim();
-const NO_REDIS = REDIS_BIN && existsSync(REDIS_BIN)
-  ? false
-  : `skipped: no redis-server${REDIS_BIN ? ` at ${REDIS_BIN}` : ' on PATH'} (scripts/deps.sh installs it)`;
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-/** One PING; resolves true on +PONG. */
-function redisPing(port) {
-  return new Promise((resolve) => {
-    const s = connect(port, '127.0.0.1');
-    let buf = '';
-    const done = (ok) => {
-      s.destroy();
-      resolve(ok);
-    };
-    s.setTimeout(500, () => done(false));
-    s.on('error', () => done(false));
-    s.on('connect', () => s.write('PING\r\n'));
-    s.on('data', (d) => {
-      buf += d;
-      if (buf.includes('\r\n')) done(buf.startsWith('+PONG'));
-    });
-  });
-}
-
-/** Start redis-server on port (no persistence, loopback only); resolves to the child once it answers. */
-async function startRedis(port) {
-  const child = spawn(REDIS_BIN, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', work], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let out = '';
-  child.stdout.on('data', (d) => (out += d));
-  child.stderr.on('data', (d) => (out += d));
-  for (let i = 0; i < 100; i++) {
-    if (child.exitCode !== null) throw new Error(`redis-server exited (${child.exitCode}):\n${out}`);
-    if (await redisPing(port)) return child;
-    await sleep(50);
-  }
-  child.kill('SIGKILL');
-  throw new Error(`redis-server did not answer on ${port}:\n${out}`);
-}
-
-function killChild(child, sig = 'SIGTERM') {
-  if (!child || child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
-  return new Promise((r) => {
-    child.once('exit', () => r());
-    child.kill(sig);
-  });
-}
 
 // ---- requests ---------------------------------------------------------------------------------------
 
@@ -613,7 +549,7 @@ describe('redis', { skip: NO_REDIS }, () => {
   let port, redis, gw, gw2;
   before(async () => {
     port = await freePort();
-    redis = await startRedis(port);
+    redis = await startRedis(port, work);
     const env = { APERTURE_CACHE_URL: `redis://127.0.0.1:${port}/0`, APERTURE_ADMIN_KEY: ADMIN_KEY };
     gw = await startGateway(fake, { env, config: { retry: { max_attempts: 1 } } });
     gw2 = await startGateway(fake, { env, config: { retry: { max_attempts: 1 } } });
@@ -677,7 +613,7 @@ describe('redis', { skip: NO_REDIS }, () => {
     assert.ok(st.status === 503 || st.body?.backend_up === false, `admin stats while down: ${st.status} ${st.text}`);
     await sleep(500);
 
-    redis = await startRedis(port); // same port, empty
+    redis = await startRedis(port, work); // same port, empty
     const t0 = Date.now();
     const pa = uniq('After the outage.');
     const abody = chatBody(pa, [corpusFile(PHOTO)]);

@@ -4,8 +4,9 @@
 //
 // Environment: APERTURE_BIN (default build/aperture), APERTURE_CORPUS (default ../shared/corpus).
 
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer, connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -346,4 +347,72 @@ export async function pool(n, concurrency, fn) {
   };
   await Promise.all(Array.from({ length: Math.min(n, concurrency) }, worker));
   return out;
+}
+
+// ---- redis-server (cache, review and shared-breaker suites) --------------------------------------
+
+// REDIS_SERVER: the redis-server binary to use (empty: skip the Redis cases); default: found on PATH.
+export const REDIS_BIN =
+  process.env.REDIS_SERVER ?? (spawnSync('sh', ['-c', 'command -v redis-server'], { encoding: 'utf8' }).stdout || '').trim();
+/** false when there is a redis-server to run, else the skip message for node:test. */
+export const NO_REDIS =
+  REDIS_BIN && existsSync(REDIS_BIN)
+    ? false
+    : `skipped: no redis-server${REDIS_BIN ? ` at ${REDIS_BIN}` : ' on PATH'} (scripts/deps.sh installs it)`;
+
+/** A loopback TCP port that was free a moment ago. */
+export function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+/** One PING; resolves true on +PONG. */
+export function redisPing(port) {
+  return new Promise((resolve) => {
+    const s = connect(port, '127.0.0.1');
+    let buf = '';
+    const done = (ok) => {
+      s.destroy();
+      resolve(ok);
+    };
+    s.setTimeout(500, () => done(false));
+    s.on('error', () => done(false));
+    s.on('connect', () => s.write('PING\r\n'));
+    s.on('data', (d) => {
+      buf += d;
+      if (buf.includes('\r\n')) done(buf.startsWith('+PONG'));
+    });
+  });
+}
+
+/** Start redis-server on port (no persistence, loopback only, --dir dir); resolves to the child once it answers. */
+export async function startRedis(port, dir) {
+  const child = spawn(REDIS_BIN, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  child.stdout.on('data', (d) => (out += d));
+  child.stderr.on('data', (d) => (out += d));
+  for (let i = 0; i < 100; i++) {
+    if (child.exitCode !== null) throw new Error(`redis-server exited (${child.exitCode}):\n${out}`);
+    if (await redisPing(port)) return child;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  child.kill('SIGKILL');
+  throw new Error(`redis-server did not answer on ${port}:\n${out}`);
+}
+
+/** Signal a child process (SIGTERM unless told) and resolve once it has exited; at once if it already has. */
+export function killChild(child, sig = 'SIGTERM') {
+  if (!child || child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+  return new Promise((r) => {
+    child.once('exit', () => r());
+    child.kill(sig);
+  });
 }

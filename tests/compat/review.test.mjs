@@ -10,17 +10,14 @@
 
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { createServer, connect } from 'node:net';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import OpenAI from 'openai';
-import { startFake, startGateway, post, dataUrl } from './harness.mjs';
+import { startFake, startGateway, post, dataUrl, NO_REDIS, freePort, startRedis, killChild } from './harness.mjs';
 import { generatePng } from '../fakes/fake_upstream.mjs';
 
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const ADMIN_KEY = 'test-admin-key-review-0123456789';
 const CLIENT_KEY = 'aperture-client-key-review-tests';
 const REVIEW_ID = /^rv_[0-9a-f]{24}$/;
@@ -186,70 +183,11 @@ describe('review queue: sqlite', () => {
 
 // ---- redis ----------------------------------------------------------------------------------------
 
-// REDIS_SERVER: the redis-server binary to use (empty: skip the Redis cases); default: found on PATH.
-const REDIS_BIN = process.env.REDIS_SERVER ?? (spawnSync('sh', ['-c', 'command -v redis-server'], { encoding: 'utf8' }).stdout || '').trim();
-const NO_REDIS = REDIS_BIN && existsSync(REDIS_BIN)
-  ? false
-  : `skipped: no redis-server${REDIS_BIN ? ` at ${REDIS_BIN}` : ' on PATH'} (scripts/deps.sh installs it)`;
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-function redisPing(port) {
-  return new Promise((resolve) => {
-    const s = connect(port, '127.0.0.1');
-    let buf = '';
-    const done = (ok) => {
-      s.destroy();
-      resolve(ok);
-    };
-    s.setTimeout(500, () => done(false));
-    s.on('error', () => done(false));
-    s.on('connect', () => s.write('PING\r\n'));
-    s.on('data', (d) => {
-      buf += d;
-      if (buf.includes('\r\n')) done(buf.startsWith('+PONG'));
-    });
-  });
-}
-
-async function startRedis(port) {
-  const child = spawn(REDIS_BIN, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', work], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let out = '';
-  child.stdout.on('data', (d) => (out += d));
-  child.stderr.on('data', (d) => (out += d));
-  for (let i = 0; i < 100; i++) {
-    if (child.exitCode !== null) throw new Error(`redis-server exited (${child.exitCode}):\n${out}`);
-    if (await redisPing(port)) return child;
-    await sleep(50);
-  }
-  child.kill('SIGKILL');
-  throw new Error(`redis-server did not answer on ${port}:\n${out}`);
-}
-
-function killChild(child) {
-  if (!child || child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
-  return new Promise((r) => {
-    child.once('exit', () => r());
-    child.kill('SIGTERM');
-  });
-}
-
 describe('review queue: redis', { skip: NO_REDIS }, () => {
   let redis, gw, gw2;
   before(async () => {
     const port = await freePort();
-    redis = await startRedis(port);
+    redis = await startRedis(port, work);
     const env = { APERTURE_ADMIN_KEY: ADMIN_KEY, APERTURE_REVIEW_URL: `redis://127.0.0.1:${port}/0` };
     gw = await startGateway(fake, { config: reviewConfig(), env });
     gw2 = await startGateway(fake, { config: reviewConfig(), env });

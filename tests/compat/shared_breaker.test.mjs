@@ -18,12 +18,11 @@
 
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
-import { createServer, connect } from 'node:net';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { connect } from 'node:net';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { startFake, startGateway, post, metrics, metricValue } from './harness.mjs';
+import { startFake, startGateway, post, metrics, metricValue, NO_REDIS, freePort, startRedis, killChild } from './harness.mjs';
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const ADMIN_KEY = 'test-admin-key-shared-breaker-0123';
@@ -31,25 +30,7 @@ const DEP = 'openai/gpt-4o';
 const COOLDOWN_MS = 2000;
 const work = mkdtempSync(join(tmpdir(), 'aperture-shared-breaker-'));
 
-// ---- redis (as in cache.test.mjs) -------------------------------------------------------------
-
-const REDIS_BIN =
-  process.env.REDIS_SERVER ?? (spawnSync('sh', ['-c', 'command -v redis-server'], { encoding: 'utf8' }).stdout || '').trim();
-const NO_REDIS =
-  REDIS_BIN && existsSync(REDIS_BIN)
-    ? false
-    : `skipped: no redis-server${REDIS_BIN ? ` at ${REDIS_BIN}` : ' on PATH'} (scripts/deps.sh installs it)`;
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
-}
+// ---- redis (redis-server itself: harness.mjs) -------------------------------------------------
 
 /** Send one RESP command (array of strings) with a one-line reply; resolves to the raw reply, or null. */
 function redisCmd(port, args) {
@@ -68,31 +49,6 @@ function redisCmd(port, args) {
       buf += d;
       if (buf.endsWith('\r\n')) done(buf); // one-line replies only (PING, HLEN)
     });
-  });
-}
-const redisPing = async (port) => (await redisCmd(port, ['PING']))?.startsWith('+PONG') ?? false;
-
-async function startRedis(port) {
-  const child = spawn(REDIS_BIN, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', work], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let out = '';
-  child.stdout.on('data', (d) => (out += d));
-  child.stderr.on('data', (d) => (out += d));
-  for (let i = 0; i < 100; i++) {
-    if (child.exitCode !== null) throw new Error(`redis-server exited (${child.exitCode}):\n${out}`);
-    if (await redisPing(port)) return child;
-    await sleep(50);
-  }
-  child.kill('SIGKILL');
-  throw new Error(`redis-server did not answer on ${port}:\n${out}`);
-}
-
-function killChild(child, sig = 'SIGTERM') {
-  if (!child || child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
-  return new Promise((r) => {
-    child.once('exit', () => r());
-    child.kill(sig);
   });
 }
 
@@ -174,7 +130,7 @@ describe('breakers shared through Redis', { skip: NO_REDIS }, () => {
   let port, redis;
   before(async () => {
     port = await freePort();
-    redis = await startRedis(port);
+    redis = await startRedis(port, work);
   });
   after(async () => {
     await killChild(redis);
@@ -334,7 +290,7 @@ describe('breakers shared through Redis', { skip: NO_REDIS }, () => {
     }
 
     // Redis back on the same port: both reconnect (the sync retries every 500 ms).
-    redis = await startRedis(port);
+    redis = await startRedis(port, work);
     for (const [name, g] of [['A', A], ['B', B]]) {
       const seen = await until(async () => (await admin(g)).shared_connected, (v) => v === true, 5000, 100);
       t.diagnostic(`${name} reconnected after ${seen.ms} ms`);
