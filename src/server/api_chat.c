@@ -1549,7 +1549,8 @@ static bool reprepare(struct chat *c, const char *force_target, uint8_t ***ocr, 
     }
     size_t keep_key_img = c->n_key_img; /* the cache key stays the first step's */
     c->n_key_img = 0;
-    r->n_img = 0;
+    if (force_target == NULL)
+        r->n_img = 0; /* the facts describe what goes upstream; a review copy is not sent */
     bool ok = prepare_images(c, force_target, ocr, ocr_len, n_ocr);
     for (size_t i = 0; i < c->n_key_img; i++) {
         free(c->img_bytes[i]);
@@ -2256,9 +2257,18 @@ static bool prepare_images(struct chat *c, const char *force_target, uint8_t ***
                     f->tokens_before = f->tokens_after = 0;
                     r->prep_ms += res.ms.total_ms;
                 }
+            } else if (force_target) {
+                /* A copy for the review item: not sent upstream, so neither the image facts
+                 * nor the image metrics count it. */
+                ap_prep_opts o = r->gw->cfg->prep;
+                rc = ap_prep_opts_target(&o, force_target);
+                if (rc == AP_OK)
+                    rc = ap_prep(buf, len, &o, &res, &err);
+                else
+                    rc =
+                        ap_error_set(&err, rc, "unknown preprocessing target \"%s\"", force_target);
             } else {
-                rc = ap__image_prep(r, buf, len, target, force_target ? NULL : c->token_model,
-                                    detail, &res, &err);
+                rc = ap__image_prep(r, buf, len, target, c->token_model, detail, &res, &err);
             }
             if (rc != AP_OK) {
                 ap__req_error(r, rc == AP_ETOOLARGE ? 413 : 400, "invalid_request_error", param,
